@@ -1,0 +1,40 @@
+# The common verbs. `make demo` and `make test` work on a fresh machine with Python >= 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test test-fast lint typecheck check bench app clean
+
+$(BIN)/segmentation: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/segmentation           ## create .venv and install the package + dev tools
+
+demo: install                          ## synthetic data -> migrate -> ingest -> train -> score
+	$(BIN)/segmentation demo
+
+test: install                          ## the whole suite on real PostgreSQL
+	$(BIN)/python -m pytest
+
+test-fast: install                     ## skip the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check segmentation flows streamlit_app tests
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test             ## everything CI runs
+
+bench: install                         ## scoring benchmark (1M rows by default)
+	$(BIN)/python benchmarks/bench_scoring.py
+
+app: install
+	$(BIN)/segmentation app
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring, each task one library call."""

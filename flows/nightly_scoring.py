@@ -1,0 +1,50 @@
+"""Nightly scoring flow: load the champion, stream-score customers, publish atomically."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import DB_RETRIES, DB_RETRY_DELAY_S, flow_settings, resolve_database
+from segmentation import registry, reports, scoring
+from segmentation.clustering import SegmentationModel
+from segmentation.db import connection
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def load_champion(url: str) -> tuple[SegmentationModel, dict[int, str]]:
+    """The champion model (sha256-checked) and its segment names with ops' overrides."""
+    with connection(url) as conn:
+        model = registry.load_version(conn)
+        return model, registry.apply_name_overrides(conn, model)
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def score_customers(url: str, model: SegmentationModel, names: dict[int, str],
+                    mode: Literal["full", "incremental"], chunk_rows: int,
+                    wait: bool) -> scoring.ScoreResult:
+    """Stream, classify and publish in one transaction (safe to retry: all or nothing)."""
+    logger = get_run_logger()
+
+    def progress(rows: int, seconds: float) -> None:
+        logger.info("scored %s rows (%.0f rows/s)", f"{rows:,}", rows / max(seconds, 1e-9))
+
+    return scoring.score_customers(url, model, names, mode=mode, chunk_rows=chunk_rows,
+                                   wait=wait, progress=progress)
+
+
+@flow(name="nightly-scoring", log_prints=True)
+def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool = False) -> str:
+    """Score customers with the champion and publish them to customer_segments."""
+    settings = flow_settings()
+    url = resolve_database(settings)
+    model, names = load_champion(url)
+    result = score_customers(url, model, names, mode, settings.chunk_rows, wait)
+    create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
+                             description="Latest scoring run")
+    summary = reports.scoring_summary(result)
+    get_run_logger().info(summary)
+    return summary

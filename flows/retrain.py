@@ -1,0 +1,72 @@
+"""Retrain flow: load customers, fit, save a version, register it, promote if gates hold."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import DB_RETRIES, DB_RETRY_DELAY_S, flow_settings, resolve_database
+from segmentation import registry, reports, training
+from segmentation.clustering import SegmentationModel
+from segmentation.db import connection
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def load_training_frame(url: str, sample_size: int | None, random_state: int) -> pd.DataFrame:
+    """Customers eligible for training."""
+    return training.load_training_frame(url, sample_size, random_state)
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def load_champion(url: str) -> SegmentationModel | None:
+    """The current champion, to align segment ids with (None on the first run)."""
+    with connection(url) as conn:
+        return registry.load_version(conn) if registry.champion_version(conn) else None
+
+
+@task(cache_policy=NO_CACHE)
+def fit_model(df: pd.DataFrame, k: int | Literal["auto"], sample_size: int | None,
+              random_state: int, champion: SegmentationModel | None) -> training.TrainingResult:
+    """Fit the pipeline and the rules tree."""
+    return training.train_model(df, registry.new_version(), k=k, sample_size=sample_size,
+                                random_state=random_state, champion=champion)
+
+
+@task(cache_policy=NO_CACHE)
+def save_model(result: training.TrainingResult, models_dir: str) -> registry.SavedVersion:
+    """Write the version folder atomically."""
+    from pathlib import Path
+
+    return registry.save_version(result.model, result.metrics, result.sizes, Path(models_dir))
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def register_model(url: str, saved: registry.SavedVersion, result: training.TrainingResult,
+                   force: bool) -> str:
+    """Register the version and promote it when the gates hold (or --force)."""
+    return training.register_and_gate(url, saved, result, force)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
+            force: bool = False) -> str:
+    """Retrain the segmentation; the new version becomes champion only through the gates."""
+    logger = get_run_logger()
+    settings = flow_settings()
+    url = resolve_database(settings)
+    frame = load_training_frame(url, sample_size, settings.random_state)
+    champion = load_champion(url)
+    result = fit_model(frame, k, sample_size, settings.random_state, champion)
+    saved = save_model(result, str(settings.models_path))
+    status = register_model(url, saved, result, force)
+    create_markdown_artifact(markdown=reports.retrain_markdown(result, status),
+                             key="retrain-report", description="Latest retrain")
+    create_table_artifact(table=reports.segment_rows(result), key="retrain-segments",
+                          description="Segments of the latest retrained model")
+    summary = reports.retrain_summary(result, status)
+    logger.info(summary)
+    return summary

@@ -1,0 +1,307 @@
+"""The `segmentation` command.  Heavy imports happen inside each verb, so --help is instant.
+
+User mistakes print one line (`error: ...`) and exit non-zero; never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, cast
+
+import typer
+
+from segmentation.errors import SegmentationError
+
+if TYPE_CHECKING:
+    from segmentation.config import Settings
+
+app = typer.Typer(help="Customer segmentation scored every night.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="The database: migrate, connect, stop the embedded server.",
+                     no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+
+
+def _settings() -> Settings:
+    """Settings for this invocation (read from the environment once)."""
+    from segmentation.config import load_settings
+
+    return load_settings()
+
+
+def _url() -> str:
+    """The database URL for this invocation (starts the embedded server if needed)."""
+    from segmentation.db import resolve_url
+
+    return resolve_url(_settings())
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations from sql/ (idempotent)."""
+    from segmentation.config import mask_url
+    from segmentation.db import apply_migrations
+
+    url = _url()
+    applied = apply_migrations(url)
+    typer.echo(f"{mask_url(url)}: " + (f"applied {', '.join(applied)}" if applied
+                                       else "schema up to date"))
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL (password masked) and a psql line to connect."""
+    from sqlalchemy.engine import make_url
+
+    from segmentation.config import mask_url
+
+    url = _url()
+    typer.echo(mask_url(url))
+    parsed = make_url(url)
+    host = parsed.query.get("host") or parsed.host or "localhost"
+    parts = ["psql", f"-h {host}", f"-U {parsed.username or 'postgres'}"]
+    if parsed.port:
+        parts.append(f"-p {parsed.port}")
+    parts.append(str(parsed.database))
+    typer.echo(" ".join(parts))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (no-op with SEGMENTATION_DATABASE_URL set)."""
+    from segmentation.embedded import stop_embedded
+
+    settings = _settings()
+    if settings.database_url:
+        typer.echo("SEGMENTATION_DATABASE_URL is set: no embedded server to stop")
+        return
+    typer.echo("stopped" if stop_embedded(settings.home) else "embedded server was not running")
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("customers.csv"),
+    rows: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 42,
+) -> None:
+    """Write synthetic customers with the original CC GENERAL headers."""
+    from segmentation.generate import generate_csv
+
+    written = generate_csv(out, rows, seed)
+    typer.echo(f"wrote {written:,} customers to {out}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path | None, typer.Argument(help="CSV file to load.")] = None,
+    table: Annotated[str | None, typer.Option(help="Load an existing table (schema.name).")] = None,
+    delimiter: Annotated[str, typer.Option(help="Field delimiter of the CSV.")] = ",",
+    encoding: Annotated[str, typer.Option(help="Encoding of the CSV.")] = "utf-8",
+) -> None:
+    """Load a CSV (or a table) into `customers` as one batch, all or nothing."""
+    from segmentation.ingest import ingest_csv, ingest_table
+
+    if (path is None) == (table is None):
+        raise SegmentationError("give a CSV path or --table, not both and not neither")
+    url = _url()
+    if path is not None:
+        result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding)
+    else:
+        result = ingest_table(url, str(table))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"batch {result.batch_id}: loaded {result.rows_in:,} rows "
+               f"({result.rows_inserted:,} new, {result.rows_updated:,} changed, "
+               f"{result.rows_unchanged:,} unchanged)")
+
+
+@app.command()
+def train(
+    k: Annotated[str, typer.Option(help="Number of segments, or 'auto'.")] = "4",
+    sample_size: Annotated[int, typer.Option(help="Fit on a reproducible sample.")] = 200_000,
+    force: Annotated[bool, typer.Option(help="Promote even if a quality gate fails.")] = False,
+) -> None:
+    """Retrain (Prefect flow `retrain`): fit, register, promote if the gates hold."""
+    from flows.retrain import retrain
+
+    if k != "auto" and not (k.isdigit() and 2 <= int(k) <= 20):
+        raise SegmentationError(f"--k must be an integer in 2..20 or 'auto', got {k!r}")
+    k_value: int | Literal["auto"] = "auto" if k == "auto" else int(k)
+    summary = retrain(k=k_value, sample_size=sample_size, force=force)
+    typer.echo(summary)
+
+
+@app.command()
+def score(
+    mode: Annotated[str, typer.Option(help="full | incremental")] = "incremental",
+    wait: Annotated[bool, typer.Option(help="Wait for a running scoring run.")] = False,
+) -> None:
+    """Score customers with the champion (Prefect flow `nightly-scoring`)."""
+    from flows.nightly_scoring import score_flow
+
+    if mode not in ("full", "incremental"):
+        raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Model versions, newest first."""
+    from segmentation.db import connection
+
+    with connection(_url()) as conn:
+        rows = conn.execute(
+            "SELECT version, status, k, created_at, metrics->'tree'->>'agreement',"
+            " metrics->>'silhouette', coalesce(status_reason, '') FROM model_versions"
+            " ORDER BY created_at DESC").fetchall()
+    if not rows:
+        typer.echo("no models yet: run `segmentation train`")
+        return
+    typer.echo(f"{'version':<26} {'status':<10} {'k':>2} {'agreement':>9} {'silhouette':>10}  note")
+    for version, status, k, _created, agreement, silhouette, reason in rows:
+        typer.echo(f"{version:<26} {status:<10} {k:>2} {float(agreement):>9.3f} "
+                   f"{float(silhouette):>10.3f}  {reason}")
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None:
+    """One version's metrics, segments and rules (default: the champion)."""
+    from pathlib import Path as _Path
+
+    from segmentation.db import connection
+    from segmentation.registry import champion_version
+
+    with connection(_url()) as conn:
+        version = version or champion_version(conn)
+        if version is None:
+            raise SegmentationError("no champion model: run `segmentation train` first")
+        row = conn.execute("SELECT status, metrics, path FROM model_versions WHERE version = %s",
+                           (version,)).fetchone()
+        if row is None:
+            raise SegmentationError(f"no model version {version!r}")
+        segments = conn.execute(
+            "SELECT segment_id, name, size, share, profile FROM segment_profiles"
+            " WHERE version = %s ORDER BY segment_id", (version,)).fetchall()
+    status, metrics, path = row
+    tree = metrics["tree"]
+    typer.echo(f"model {version} ({status}), k={metrics['k']}, trained on "
+               f"{metrics['sample_rows']:,} of {metrics['training_rows']:,} rows")
+    typer.echo(f"silhouette {metrics['silhouette']:.3f}, Davies-Bouldin "
+               f"{metrics['davies_bouldin']:.3f}, tree agreement {tree['agreement']:.3%} "
+               f"(depth {tree['depth']}, {tree['leaves']} leaves)")
+    for seg, name, size, share, profile in segments:
+        typer.echo(f"  {seg}  {name:<34} {size:>9,} {share:>6.1%}  {profile}")
+    rules = _Path(path) / "rules.txt"
+    if rules.exists():
+        typer.echo(f"rules: {rules}")
+
+
+@models_app.command("promote")
+def models_promote(version: str) -> None:
+    """Make VERSION the champion (one transaction)."""
+    from segmentation.db import connection
+    from segmentation.registry import promote
+
+    with connection(_url()) as conn:
+        promote(conn, version, reason="promoted by hand")
+    typer.echo(f"{version} is now the champion")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Restore the previous champion."""
+    from segmentation.db import connection
+    from segmentation.registry import rollback
+
+    with connection(_url()) as conn:
+        version = rollback(conn)
+    typer.echo(f"rolled back: {version} is the champion again")
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(min=100, help="Synthetic customers.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+) -> None:
+    """Generate, migrate, ingest, train, score, and print the segments."""
+    from segmentation.config import mask_url
+    from segmentation.db import apply_migrations
+    from segmentation.generate import generate_csv
+    from segmentation.ingest import ingest_csv
+
+    settings = _settings()
+    url = _url()
+    typer.echo(f"database: {mask_url(url)}")
+    apply_migrations(url)
+    data = settings.home / "demo" / f"customers_{rows}_{seed}.csv"
+    generate_csv(data, rows, seed)
+    typer.echo(f"generated {rows:,} synthetic customers -> {data}")
+    result = ingest_csv(url, data)
+    typer.echo(f"ingested batch {result.batch_id}: {result.rows_in:,} rows")
+    train(k="4", sample_size=200_000, force=False)
+    score(mode="full", wait=True)
+    _print_segments(url)
+    typer.echo("\nopen the app:  segmentation app      (http://localhost:8501)")
+    typer.echo("query it:      segmentation db url   (prints a psql line)")
+
+
+def _print_segments(url: str) -> None:
+    """The segment table marketing sees."""
+    from segmentation.db import connection
+
+    with connection(url) as conn:
+        rows = conn.execute(
+            "SELECT segment_id, segment_name, count(*), count(*)::float / sum(count(*)) OVER ()"
+            " FROM customer_segments GROUP BY segment_id, segment_name ORDER BY segment_id"
+        ).fetchall()
+    typer.echo(f"\n{'id':>3}  {'segment':<36} {'customers':>10} {'share':>7}")
+    for seg, name, count, share in rows:
+        typer.echo(f"{seg:>3}  {name:<36} {count:>10,} {share:>7.1%}")
+
+
+@app.command("app")
+def run_app(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501) -> None:
+    """Start the Streamlit app on this database."""
+    import subprocess
+
+    url = _url()
+    script = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
+    env = {**os.environ, "SEGMENTATION_DATABASE_URL": url}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+QUIET_DEFAULTS = {
+    # nothing phones home unless the user opts in
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+}
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit 1."""
+    import psycopg
+
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        app()
+    except SegmentationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except psycopg.OperationalError as exc:
+        from segmentation.config import mask_url
+
+        text = mask_url(str(exc)) if "://" in str(exc) else str(exc)
+        typer.echo(f"error: database: {text.strip().splitlines()[0]}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""One typed settings object, read from the environment once per entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+
+def default_home() -> Path:
+    """Per-user state directory, so the CLI behaves the same from any working directory."""
+    return Path.home() / ".segmentation"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; secrets come only from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGMENTATION_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (postgresql+psycopg://...). Unset: a private embedded server.",
+    )
+    home: Path = Field(default_factory=default_home, description="State directory.")
+    models_dir: Path | None = Field(default=None, description="Model registry folder.")
+    chunk_rows: int = Field(default=100_000, gt=0, description="Rows per streamed chunk.")
+    quarantine_max_share: float = Field(default=0.05, ge=0, le=1)
+    random_state: int = 42
+
+    @property
+    def models_path(self) -> Path:
+        """Where model versions live: SEGMENTATION_MODELS_DIR or <home>/models."""
+        return self.models_dir if self.models_dir is not None else self.home / "models"
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment (call once per entry point and pass it down)."""
+    return Settings()
+
+
+def mask_url(url: str) -> str:
+    """Render a database URL with its password hidden, for logs and messages."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)

@@ -1,0 +1,140 @@
+"""The one place that turns settings into connections, and applies the migrations in sql/."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+from segmentation.config import Settings, mask_url
+from segmentation.errors import SegmentationError
+
+MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+MIGRATION_LOCK = 7_421_001  # pg_advisory_lock key: one migrator at a time
+
+
+def resolve_url(settings: Settings) -> str:
+    """The SQLAlchemy URL to use: the configured one, or the embedded server's."""
+    if settings.database_url:
+        url = make_url(settings.database_url)
+        if not url.drivername.startswith("postgresql"):
+            raise SegmentationError(
+                f"SEGMENTATION_DATABASE_URL must be a PostgreSQL URL, got {mask_url(str(url))}"
+            )
+        return str(url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
+    from segmentation.embedded import ensure_embedded
+
+    return ensure_embedded(settings.home)
+
+
+def conninfo(url: str) -> str:
+    """A libpq connection URI (what psycopg wants) from a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a psycopg connection; a failure names the (masked) URL, never the password."""
+    try:
+        return psycopg.connect(conninfo(url), autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SegmentationError(f"cannot connect to {mask_url(url)}: {first}") from None
+
+
+@contextmanager
+def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """Context-managed connection: commit on success, roll back on error, always close."""
+    conn = connect(url, autocommit=autocommit)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def sa_engine(url: str) -> Engine:
+    """A SQLAlchemy engine (pandas, GX, the app) with pre-ping for long-lived pools."""
+    return create_engine(url, pool_pre_ping=True, future=True)
+
+
+def sql_dir() -> Path:
+    """Where the numbered migrations live (repo checkout or installed wheel)."""
+    packaged = Path(__file__).with_name("_sql")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered .sql file."""
+
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """Detects a migration edited after it was applied."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def list_migrations(directory: Path | None = None) -> list[Migration]:
+    """The migrations in order; names must be NNN_snake_case.sql."""
+    directory = directory or sql_dir()
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = MIGRATION_NAME.match(path.name)
+        if match:
+            found.append(Migration(match.group(1), path.name, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(versions) != len(set(versions)):
+        raise SegmentationError(f"duplicate migration numbers in {directory}")
+    return found
+
+
+def apply_migrations(url: str, directory: Path | None = None) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied."""
+    applied_now: list[str] = []
+    with connection(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            for migration in list_migrations(directory):
+                if migration.version in done:
+                    if done[migration.version] != migration.checksum:
+                        raise SegmentationError(
+                            f"migration {migration.name} was edited after it was applied; "
+                            "add a new numbered migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum)"
+                        " VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_now
+
+
+def require_schema(conn: psycopg.Connection) -> None:
+    """Fail with a clear message when `segmentation db migrate` has not run."""
+    row = conn.execute("SELECT to_regclass('public.customers') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise SegmentationError("the database has no schema yet: run `segmentation db migrate`")

@@ -1,0 +1,21 @@
+"""Errors a user can fix: the CLI prints them as one line, never as a traceback."""
+
+
+class SegmentationError(Exception):
+    """A problem the user can act on (bad input, missing model, refused run)."""
+
+
+class IngestError(SegmentationError):
+    """The incoming file or table cannot be loaded; nothing was written."""
+
+
+class ValidationFailed(SegmentationError):
+    """A batch broke the data contract and must not be scored."""
+
+
+class ModelError(SegmentationError):
+    """No usable model: missing, tampered with, or from another scikit-learn."""
+
+
+class RunLocked(SegmentationError):
+    """Another scoring run holds the lock."""

@@ -1,0 +1,280 @@
+"""Load an incoming customer table (CSV file or existing table) into `customers` as a batch.
+
+A file is streamed with COPY into a temporary all-text landing table, so nothing is lost
+to parsing: the structural contract (a CSV, the 18 columns, numbers where numbers belong,
+one row per customer id) is checked in SQL with messages that name the column and show an
+example, and only then are rows upserted into `customers` in the same transaction.  Any
+failure rolls everything back: a rejected batch writes nothing.  The row-level rules
+(ranges, nulls, drift) belong to validation, which runs on the loaded batch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Json
+
+from segmentation.db import connection, require_schema
+from segmentation.errors import IngestError
+from segmentation.features import COLUMNS, FEATURES, normalize_name
+
+BLOCK = 1 << 20
+SNIFF_BYTES = 1 << 16
+MAX_ID_LENGTH = 256  # ids are keys: btree entries must stay small
+# What PostgreSQL's double precision accepts (NaN and infinities are left to validation).
+NUMBER_RE = r"^\s*[-+]?((\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)\s*$"
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+ENCODINGS = {"utf-8": "UTF8", "utf8": "UTF8", "latin1": "LATIN1", "latin-1": "LATIN1",
+             "iso-8859-1": "LATIN1", "cp1252": "WIN1252", "windows-1252": "WIN1252"}
+
+
+@dataclass
+class IngestResult:
+    """What a load did, for the CLI and the flow."""
+
+    batch_id: str
+    source: str
+    rows_in: int
+    rows_inserted: int
+    rows_updated: int
+    rows_unchanged: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def new_batch_id() -> str:
+    """Sortable, unique batch id: b<UTC timestamp>-<random>."""
+    return f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def read_csv_header(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> list[str]:
+    """Check that `path` is a readable CSV and return its header (as written)."""
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.is_dir():
+        raise IngestError(f"{path}: is a directory, expected a CSV file")
+    if encoding.lower() not in ENCODINGS:
+        raise IngestError(f"unsupported encoding {encoding!r}; use one of {sorted(ENCODINGS)}")
+    with path.open("rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if not head.strip():
+        raise IngestError(f"{path}: the file is empty (no header, no rows)")
+    if b"\x00" in head:
+        raise IngestError(f"{path}: not a CSV file (binary content: NUL bytes)")
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        text = decoder.decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            f"{path}: not valid {encoding} (byte 0x{head[exc.start]:02x} at offset {exc.start}); "
+            "pass --encoding latin1 (or cp1252) if that is how the file was saved"
+        ) from None
+    text = text.lstrip("\ufeff")
+    first_line = text.splitlines()[0] if text.splitlines() else ""
+    header = next(csv.reader([first_line], delimiter=delimiter), [])
+    if len(header) <= 1:
+        for other, label in DELIMITERS.items():
+            if other != delimiter and other in first_line:
+                raise IngestError(
+                    f"{path}: the header has one column but contains '{other}': the file looks "
+                    f"{label}-separated; pass --delimiter {other!r}"
+                )
+        raise IngestError(f"{path}: not a CSV file with the customer columns (header: "
+                          f"{first_line[:80]!r})")
+    return header
+
+
+def map_columns(header: list[str]) -> tuple[list[str], list[str]]:
+    """Normalised names for each incoming column, and warnings; raises on a broken schema."""
+    names = [normalize_name(h) for h in header]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise IngestError(f"duplicate column(s) in the header: {', '.join(duplicated)}")
+    missing = [c for c in COLUMNS if c not in names]
+    extra = [h for h, n in zip(header, names, strict=True) if n not in COLUMNS]
+    if missing:
+        message = f"missing column(s): {', '.join(missing)}"
+        if extra:
+            message += f"; unexpected column(s): {', '.join(extra)} (renamed?)"
+        raise IngestError(message)
+    warnings = [f"ignored unexpected column(s): {', '.join(extra)}"] if extra else []
+    landing = [n if n in COLUMNS else f"_extra_{i}" for i, n in enumerate(names)]
+    return landing, warnings
+
+
+def _create_landing(conn: psycopg.Connection, landing: list[str]) -> None:
+    """A temporary all-text table with the incoming columns, dropped at commit."""
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} text").format(sql.Identifier(name)) for name in landing
+    )
+    conn.execute(sql.SQL("CREATE TEMP TABLE landing ({}) ON COMMIT DROP").format(columns))
+
+
+def _copy_file(conn: psycopg.Connection, path: Path, landing: list[str],
+               delimiter: str, encoding: str) -> None:
+    """Stream the file into the landing table with COPY (1 MiB blocks)."""
+    statement = sql.SQL(
+        "COPY landing ({}) FROM STDIN (FORMAT csv, HEADER true, DELIMITER {}, ENCODING {})"
+    ).format(
+        sql.SQL(", ").join(sql.Identifier(n) for n in landing),
+        sql.Literal(delimiter),
+        sql.Literal(ENCODINGS[encoding.lower()]),
+    )
+    try:
+        with conn.cursor().copy(statement) as copy, path.open("rb") as fh:
+            while block := fh.read(BLOCK):
+                copy.write(block)
+    except psycopg.Error as exc:
+        raise IngestError(f"{path}: {_describe_copy_error(exc)}") from None
+
+
+def _describe_copy_error(exc: psycopg.Error) -> str:
+    """One line from a COPY failure: PostgreSQL's reason and where (line, column)."""
+    message = (exc.diag.message_primary or str(exc)).strip()
+    context = (exc.diag.context or "").strip().splitlines()
+    where = context[0].replace("COPY landing, ", "") if context else ""
+    if "extra data after last expected column" in message or "missing data for column" in message:
+        message += " (a row has a different number of fields than the header)"
+    return f"{where}: {message}" if where else message
+
+
+def _check_ids(conn: psycopg.Connection) -> None:
+    """customer_id present and unique within the batch, or the batch is refused."""
+    nulls = conn.execute(
+        "SELECT count(*) FROM landing WHERE customer_id IS NULL OR btrim(customer_id) = ''"
+    ).fetchone()
+    if nulls and nulls[0]:
+        raise IngestError(f"customer_id is empty on {nulls[0]} row(s); every row needs an id")
+    long_ids = conn.execute(
+        "SELECT count(*), min(left(customer_id, 20)) FROM landing WHERE length(customer_id) > %s",
+        (MAX_ID_LENGTH,)).fetchone()
+    if long_ids and long_ids[0]:
+        raise IngestError(f"customer_id longer than {MAX_ID_LENGTH} characters on {long_ids[0]} "
+                          f"row(s), e.g. {long_ids[1]!r}...")
+    dupes = conn.execute(
+        "SELECT customer_id, count(*) FROM landing GROUP BY customer_id HAVING count(*) > 1"
+        " ORDER BY count(*) DESC, customer_id LIMIT 3"
+    ).fetchall()
+    if dupes:
+        total = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM landing GROUP BY customer_id"
+            " HAVING count(*) > 1) d"
+        ).fetchone()
+        examples = ", ".join(f"{cid!r} ({n}x)" for cid, n in dupes)
+        raise IngestError(
+            f"customer_id is not unique within the batch: {total[0] if total else '?'} "
+            f"duplicated id(s), e.g. {examples}"
+        )
+
+
+def _check_numbers(conn: psycopg.Connection) -> None:
+    """Every feature value parses as a number (or is empty), naming each offending column."""
+    checks = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE NULLIF(btrim({c}), '') !~* {re}), "
+                "min({c}) FILTER (WHERE NULLIF(btrim({c}), '') !~* {re})").format(
+            c=sql.Identifier(name), re=sql.Literal(NUMBER_RE)
+        )
+        for name in FEATURES
+    )
+    row = conn.execute(sql.SQL("SELECT {} FROM landing").format(checks)).fetchone()
+    assert row is not None
+    problems = [
+        f"{name}: {row[2 * i]} value(s) are not numbers, e.g. {row[2 * i + 1]!r}"
+        for i, name in enumerate(FEATURES)
+        if row[2 * i]
+    ]
+    if problems:
+        raise IngestError("non-numeric values in numeric column(s): " + "; ".join(problems))
+
+
+def _upsert(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
+    """Insert new customers, update changed ones (unchanged rows keep their batch)."""
+    casts = sql.SQL(", ").join(
+        sql.SQL("NULLIF(btrim({c}), '')::double precision").format(c=sql.Identifier(n))
+        for n in FEATURES
+    )
+    features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
+    excluded = sql.SQL(", ").join(
+        sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)) for n in FEATURES)
+    current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
+    statement = sql.SQL(
+        "WITH up AS ("
+        " INSERT INTO customers AS c (customer_id, {features}, batch_id, loaded_at)"
+        " SELECT customer_id, {casts}, {batch}, now() FROM landing"
+        " ON CONFLICT (customer_id) DO UPDATE SET ({features}, batch_id, loaded_at)"
+        "  = ({excluded}, EXCLUDED.batch_id, EXCLUDED.loaded_at)"
+        "  WHERE ({current}) IS DISTINCT FROM ({excluded})"
+        " RETURNING (xmax = 0) AS inserted)"
+        " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
+    ).format(features=features, casts=casts, batch=sql.Literal(batch_id), excluded=excluded,
+             current=current)
+    row = conn.execute(statement).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
+                  warnings: list[str]) -> IngestResult:
+    """Checks and upsert shared by file and table ingest (inside the caller's transaction)."""
+    count = conn.execute("SELECT count(*) FROM landing").fetchone()
+    rows_in = int(count[0]) if count else 0
+    if rows_in == 0:
+        raise IngestError(f"{source}: no data rows (header only); nothing loaded")
+    _check_ids(conn)
+    _check_numbers(conn)
+    conn.execute(
+        "INSERT INTO ingest_batches (batch_id, source, rows_in, rows_inserted, rows_updated,"
+        " warnings) VALUES (%s, %s, %s, 0, 0, %s::jsonb)",
+        (batch_id, source, rows_in, Json(warnings)),
+    )
+    inserted, updated = _upsert(conn, batch_id)
+    conn.execute(
+        "UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s WHERE batch_id = %s",
+        (inserted, updated, batch_id),
+    )
+    return IngestResult(batch_id, source, rows_in, inserted, updated,
+                        rows_in - inserted - updated, warnings)
+
+
+def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",
+               batch_id: str | None = None) -> IngestResult:
+    """Load a CSV (original upper-case or snake_case headers) as one batch, all or nothing."""
+    header = read_csv_header(path, delimiter, encoding)
+    landing, warnings = map_columns(header)
+    batch_id = batch_id or new_batch_id()
+    with connection(url) as conn:
+        require_schema(conn)
+        _create_landing(conn, landing)
+        _copy_file(conn, path, landing, delimiter, encoding)
+        return _load_landing(conn, str(path), batch_id, warnings)
+
+
+def ingest_table(url: str, table: str, *, batch_id: str | None = None) -> IngestResult:
+    """Load an existing table or view (schema.name) as one batch, all or nothing."""
+    schema, _, name = table.rpartition(".")
+    with connection(url) as conn:
+        require_schema(conn)
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = COALESCE(NULLIF(%s, ''), current_schema()) AND table_name = %s"
+            " ORDER BY ordinal_position",
+            (schema, name),
+        ).fetchall()
+        if not rows:
+            raise IngestError(f"table {table!r} does not exist or has no columns")
+        header = [r[0] for r in rows]
+        landing, warnings = map_columns(header)
+        source = sql.Identifier(*(p for p in (schema, name) if p))
+        selected = sql.SQL(", ").join(
+            sql.SQL("{}::text AS {}").format(sql.Identifier(h), sql.Identifier(n))
+            for h, n in zip(header, landing, strict=True) if n in COLUMNS
+        )
+        conn.execute(sql.SQL("CREATE TEMP TABLE landing ON COMMIT DROP AS SELECT {} FROM {}")
+                     .format(selected, source))
+        return _load_landing(conn, f"table:{table}", batch_id or new_batch_id(), warnings)

@@ -1,0 +1,102 @@
+"""Human summaries and artifact bodies (markdown, tables) for runs; no Prefect here."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segmentation.scoring import ScoreResult
+    from segmentation.training import TrainingResult
+
+
+def retrain_summary(result: TrainingResult, status: str) -> str:
+    """One paragraph for the CLI and logs."""
+    m = result.metrics
+    lines = [f"model {result.model.version}: {status}; k={m['k']}, silhouette "
+             f"{m['silhouette']:.3f}, tree agreement {m['tree']['agreement']:.1%} on "
+             f"{m['tree']['holdout_rows']:,} held-out rows; trained on {m['sample_rows']:,} "
+             f"of {m['training_rows']:,} rows"]
+    if result.gate_failures:
+        lines.append("not promoted automatically: " + "; ".join(result.gate_failures)
+                     if status != "champion" else
+                     "promoted with --force despite: " + "; ".join(result.gate_failures))
+    for seg in sorted(result.model.names):
+        lines.append(f"  segment {seg}: {result.model.names[seg]} ({result.sizes.get(seg, 0):,})"
+                     f" - {result.model.profiles[seg]}")
+    return "\n".join(lines)
+
+
+def segment_rows(result: TrainingResult) -> list[dict[str, Any]]:
+    """Table artifact rows: one per segment."""
+    total = sum(result.sizes.values()) or 1
+    return [{"segment_id": seg, "name": result.model.names[seg],
+             "size": result.sizes.get(seg, 0), "share": round(result.sizes.get(seg, 0) / total, 4),
+             "profile": result.model.profiles[seg]} for seg in sorted(result.model.names)]
+
+
+def _k_plot(report: list[dict[str, float]]) -> str:
+    """Elbow and silhouette plot as an inline PNG (markdown image)."""
+    if not report:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in report]
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    ax[0].plot(ks, [r["inertia"] for r in report], marker="o")
+    ax[0].set_title("inertia (elbow)")
+    ax[1].plot(ks, [r["silhouette"] for r in report], marker="o")
+    ax[1].set_title("silhouette")
+    for a in ax:
+        a.set_xlabel("k")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f"![k selection](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def retrain_markdown(result: TrainingResult, status: str) -> str:
+    """Markdown artifact: metrics, k report, segments, rules."""
+    from segmentation.tree import export_rules
+
+    m = result.metrics
+    out = [f"# Retrain {result.model.version}: {status}", "",
+           "| metric | value |", "|---|---|",
+           f"| k | {m['k']} |", f"| silhouette | {m['silhouette']:.3f} |",
+           f"| Davies-Bouldin | {m['davies_bouldin']:.3f} |",
+           f"| tree agreement (held-out) | {m['tree']['agreement']:.2%} |",
+           f"| tree depth / leaves | {m['tree']['depth']} / {m['tree']['leaves']} |",
+           f"| training rows (sample) | {m['training_rows']:,} ({m['sample_rows']:,}) |", ""]
+    if result.gate_failures:
+        out += ["**Gates:** " + "; ".join(result.gate_failures), ""]
+    if m["k_report"]:
+        out += ["## k selection", "", "| k | inertia | silhouette | Davies-Bouldin |",
+                "|---|---|---|---|"]
+        out += [f"| {r['k']} | {r['inertia']:.0f} | {r['silhouette']:.3f} | "
+                f"{r['davies_bouldin']:.3f} |" for r in m["k_report"]]
+        out += ["", _k_plot(m["k_report"]), ""]
+    out += ["## Segments", "", "| id | name | size | profile |", "|---|---|---|---|"]
+    out += [f"| {r['segment_id']} | {r['name']} | {r['size']:,} | {r['profile']} |"
+            for r in segment_rows(result)]
+    out += ["", "## Rules", "", "```", export_rules(result.model), "```"]
+    return "\n".join(out)
+
+
+def scoring_summary(result: ScoreResult) -> str:
+    """One line for the CLI and logs."""
+    rate = result.rows_scored / result.seconds if result.seconds else 0.0
+    return (f"run {result.run_id} ({result.mode}, model {result.model_version}): "
+            f"{result.rows_in:,} in, {result.rows_scored:,} scored, "
+            f"{result.rows_quarantined:,} quarantined, {result.rows_changed:,} changed, "
+            f"{result.seconds:.1f}s ({rate:,.0f} rows/s)")
+
+
+def scoring_markdown(result: ScoreResult) -> str:
+    """Markdown artifact for a scoring run."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in result.as_dict().items())
+    return f"# Scoring run {result.run_id}\n\n| field | value |\n|---|---|\n{rows}\n"

@@ -1,0 +1,213 @@
+"""Bulk scoring: stream customers out with COPY, classify per chunk, COPY into staging, and
+publish staging into `customer_segments` in one transaction, with history and a run row.
+
+Two connections: the reader streams `COPY (SELECT ...) TO STDOUT`; the writer holds the
+transaction that owns the staging table, the advisory lock and the publish.  Nothing is
+visible to readers of `customer_segments` until that transaction commits, so a crash or a
+killed connection at any point leaves the table exactly as it was.  Memory holds one chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+from psycopg.types.json import Json
+
+from segmentation.clustering import SegmentationModel
+from segmentation.db import connection, require_schema
+from segmentation.errors import RunLocked
+from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
+
+SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
+Mode = Literal["full", "incremental"]
+Progress = Callable[[int, float], None]
+READ_TYPES = {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+
+
+@dataclass
+class ScoreResult:
+    """What a scoring run did."""
+
+    run_id: str
+    model_version: str
+    mode: str
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_quarantined: int = 0
+    rows_changed: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for artifacts and JSON."""
+        return asdict(self)
+
+
+def select_customers(mode: Mode, model_version: str) -> sql.Composed:
+    """The customers a run reads: all, or those new/changed/scored by another model."""
+    columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
+    if mode == "full":
+        return sql.SQL("SELECT {} FROM customers c").format(columns)
+    return sql.SQL(
+        "SELECT {} FROM customers c LEFT JOIN customer_segments s USING (customer_id)"
+        " WHERE s.customer_id IS NULL OR s.model_version <> {} OR c.loaded_at > s.scored_at"
+    ).format(columns, sql.Literal(model_version))
+
+
+def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
+                ) -> Iterator[pd.DataFrame]:
+    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
+    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+    options = pacsv.ReadOptions(column_names=list(COLUMNS))
+    parse = pacsv.ParseOptions(newlines_in_values=True)
+    convert = pacsv.ConvertOptions(column_types=READ_TYPES, strings_can_be_null=False,
+                                   quoted_strings_can_be_null=False)
+    rows: list[bytes] = []
+    with conn.cursor().copy(statement) as copy:
+        for row in copy:  # one CSV record per item
+            rows.append(bytes(row))
+            if len(rows) >= chunk_rows:
+                yield _parse(rows, options, parse, convert)
+                rows = []
+    if rows:
+        yield _parse(rows, options, parse, convert)
+
+
+def _parse(rows: list[bytes], options: pacsv.ReadOptions, parse: pacsv.ParseOptions,
+           convert: pacsv.ConvertOptions) -> pd.DataFrame:
+    """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim)."""
+    table = pacsv.read_csv(io.BytesIO(b"".join(rows)), read_options=options,
+                           parse_options=parse, convert_options=convert)
+    return table.to_pandas()
+
+
+def encode_scores(ids: pd.Series, segments: Any) -> bytes:
+    """(customer_id, segment_id) as CSV for COPY FROM STDIN."""
+    table = pa.table({"customer_id": pa.array(ids, type=pa.string()),
+                      "segment_id": pa.array(segments, type=pa.int16())})
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False,
+                                                                 quoting_style="needed"))
+    return sink.getvalue()
+
+
+def acquire_run_lock(conn: psycopg.Connection, wait: bool) -> None:
+    """Exclusive scoring: wait for, or refuse on, the transaction-scoped advisory lock."""
+    if wait:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCORE_LOCK,))
+        return
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SCORE_LOCK,)).fetchone()
+    if not row or not row[0]:
+        running = conn.execute(
+            "SELECT run_id, started_at FROM scoring_runs WHERE status = 'running'"
+            " ORDER BY started_at DESC LIMIT 1").fetchone()
+        detail = f" (run {running[0]} since {running[1]:%H:%M:%S})" if running else ""
+        raise RunLocked(f"another scoring run is in progress{detail}; not starting a second "
+                        "one (use --wait to queue behind it)")
+
+
+def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str],
+            scored_at: datetime) -> int:
+    """Staging -> customer_segments + segment_history, in the caller's transaction."""
+    params = {"v": result.model_version, "ts": scored_at, "run": result.run_id,
+              "ids": list(names), "names": [names[s] for s in names]}
+    conn.execute("CREATE TEMP TABLE segment_names ON COMMIT DROP AS"
+                 " SELECT * FROM unnest(%(ids)s::smallint[], %(names)s::text[]) AS n(id, name)",
+                 params)
+    history = conn.execute(
+        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
+        " old_model_version, new_model_version, changed_at, run_id)"
+        " SELECT st.customer_id, cs.segment_id, st.segment_id, cs.model_version, %(v)s,"
+        " %(ts)s, %(run)s FROM scored_stage st LEFT JOIN customer_segments cs USING (customer_id)"
+        " WHERE cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
+        " OR cs.model_version <> %(v)s", params)
+    changed = history.rowcount
+    touch_all = result.mode == "incremental"  # selected rows are new or changed: re-stamp them
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO customer_segments AS cs (customer_id, segment_id, segment_name,"
+            " model_version, scored_at, run_id)"
+            " SELECT st.customer_id, st.segment_id, n.name, %(v)s, %(ts)s, %(run)s"
+            " FROM scored_stage st JOIN segment_names n ON n.id = st.segment_id"
+            " ON CONFLICT (customer_id) DO UPDATE SET segment_id = EXCLUDED.segment_id,"
+            " segment_name = EXCLUDED.segment_name, model_version = EXCLUDED.model_version,"
+            " scored_at = EXCLUDED.scored_at, run_id = EXCLUDED.run_id"
+            " WHERE {} OR (cs.segment_id, cs.segment_name, cs.model_version)"
+            " IS DISTINCT FROM (EXCLUDED.segment_id, EXCLUDED.segment_name,"
+            " EXCLUDED.model_version)").format(sql.Literal(touch_all)),
+        params)
+    return changed
+
+
+def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *,
+                    mode: Mode = "full", chunk_rows: int = 100_000, wait: bool = False,
+                    run_id: str | None = None, progress: Progress | None = None) -> ScoreResult:
+    """Classify customers and publish the result atomically; returns the run's counts."""
+    result = ScoreResult(run_id or str(uuid.uuid4()), model.version, mode)
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    try:
+        with connection(url) as writer, connection(url) as reader:
+            require_schema(writer)
+            acquire_run_lock(writer, wait)
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
+                           " ON COMMIT DROP")
+            predict_s = 0.0
+            with writer.cursor().copy("COPY scored_stage FROM STDIN (FORMAT csv)") as sink:
+                for chunk in iter_chunks(reader, select_customers(mode, model.version),
+                                         chunk_rows):
+                    t0 = time.perf_counter()
+                    segments = model.predict(chunk)
+                    predict_s += time.perf_counter() - t0
+                    sink.write(encode_scores(chunk[ID_COLUMN], segments))
+                    result.rows_in += len(chunk)
+                    result.rows_scored += len(chunk)
+                    if progress:
+                        progress(result.rows_in, time.perf_counter() - started)
+            result.timings["stream_s"] = round(time.perf_counter() - started, 3)
+            result.timings["predict_s"] = round(predict_s, 3)
+            t0 = time.perf_counter()
+            writer.execute("ANALYZE scored_stage")
+            result.rows_changed = publish(writer, result, names, started_at)
+            result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
+            result.seconds = round(time.perf_counter() - started, 3)
+            record_run(writer, result, "succeeded", started_at)
+    except BaseException as exc:
+        record_failure(url, result, started_at, exc)
+        raise
+    return result
+
+
+def record_run(conn: psycopg.Connection, result: ScoreResult, status: str,
+               started_at: datetime, error: str | None = None) -> None:
+    """One row in scoring_runs (inside the publish transaction when it succeeded)."""
+    conn.execute(
+        "INSERT INTO scoring_runs (run_id, model_version, mode, status, started_at, finished_at,"
+        " rows_in, rows_scored, rows_quarantined, rows_changed, timings, error)"
+        " VALUES (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s)",
+        (result.run_id, result.model_version, result.mode, status, started_at, result.rows_in,
+         result.rows_scored, result.rows_quarantined, result.rows_changed,
+         Json(result.timings), error),
+    )
+
+
+def record_failure(url: str, result: ScoreResult, started_at: datetime,
+                   exc: BaseException) -> None:
+    """Best effort: leave a 'failed' row so ops see the run; never mask the real error."""
+    try:
+        with connection(url) as conn:
+            record_run(conn, result, "failed", started_at, f"{type(exc).__name__}: {exc}"[:2000])
+    except Exception:
+        pass

@@ -1,0 +1,166 @@
+"""Retraining as plain functions: fit, align ids to the champion, name, explain, gate."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.metrics import davies_bouldin_score, silhouette_score
+
+from segmentation.clustering import (
+    MAX_MATCH_DISTANCE,
+    SILHOUETTE_SAMPLE,
+    SegmentationModel,
+    align_segments,
+    build_pipeline,
+    choose_k,
+    evaluate_k_range,
+    name_segments,
+    sample_frame,
+)
+from segmentation.features import FEATURES, feature_frame, feature_matrix
+from segmentation.tree import fit_rules_tree
+
+MIN_AGREEMENT = 0.93
+MIN_SILHOUETTE = 0.10
+
+
+@dataclass
+class TrainingResult:
+    """A fitted model plus everything the registry records about it."""
+
+    model: SegmentationModel
+    metrics: dict[str, Any]
+    sizes: dict[int, int]
+    gate_failures: list[str] = field(default_factory=list)
+
+
+def fingerprint_frame(df: pd.DataFrame) -> str:
+    """A short hash of the training data, to tell which data a model saw."""
+    hashed = pd.util.hash_pandas_object(feature_frame(df), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
+                k_range: range = range(2, 11), sample_size: int | None = 200_000,
+                random_state: int = 42, champion: SegmentationModel | None = None
+                ) -> TrainingResult:
+    """Fit impute+scale+KMeans and the rules tree; ids aligned to `champion` if any."""
+    if len(df) < 50:
+        raise ValueError(f"need at least 50 customers to train, got {len(df)}")
+    sample = sample_frame(df, sample_size, random_state)
+    x = feature_matrix(sample)
+    prep = build_pipeline(2, random_state)[:-1].fit(x)
+    z = np.asarray(prep.transform(x))
+    k_report = evaluate_k_range(z, k_range, random_state) if k_range else []
+    chosen = choose_k(k_report) if k == "auto" else int(k)
+
+    pipeline = build_pipeline(chosen, random_state).fit(x)
+    labels = pipeline[-1].labels_
+    scaler = pipeline.named_steps["scale"]
+    centres = scaler.inverse_transform(pipeline[-1].cluster_centers_)
+    if champion is not None:
+        old_scaler = champion.pipeline.named_steps["scale"]
+        mapping, distance = align_segments(
+            centres, champion.centroids_original(), np.sort(champion.label_to_segment),
+            old_scaler.scale_)
+    else:
+        mapping, distance = align_segments(centres, None, None, None)
+    segments = mapping[labels]
+
+    pca = PCA(n_components=2, random_state=random_state).fit(z)
+    order = np.argsort(mapping)
+    names, profiles = name_segments(pipeline[-1].cluster_centers_[order], mapping[order])
+    if champion is not None:  # same id -> same name, through the alignment
+        names.update({s: champion.names[s] for s in names if s in champion.names})
+    tree, tree_metrics = fit_rules_tree(np.hstack([z, pca.transform(z)]), segments, random_state)
+    model = SegmentationModel(version=version, pipeline=pipeline, pca=pca, tree=tree,
+                              label_to_segment=mapping, names=names, profiles=profiles)
+
+    rng = np.random.default_rng(random_state)
+    pick = rng.choice(len(z), size=min(SILHOUETTE_SAMPLE, len(z)), replace=False)
+    sizes = {int(s): int(n) for s, n in zip(*np.unique(segments, return_counts=True),
+                                             strict=True)}
+    metrics: dict[str, Any] = {
+        "k": chosen,
+        "k_requested": k,
+        "k_report": k_report,
+        "inertia": float(pipeline[-1].inertia_),
+        "silhouette": float(silhouette_score(z[pick], labels[pick])),
+        "davies_bouldin": float(davies_bouldin_score(z, labels)),
+        "tree": tree_metrics,
+        "training_rows": len(df),
+        "sample_rows": len(sample),
+        "random_state": random_state,
+        "data_fingerprint": fingerprint_frame(sample),
+        "imputation_means": dict(zip(FEATURES, map(float, pipeline[0].statistics_),
+                                     strict=True)),
+        "alignment": {
+            "champion": champion.version if champion else None,
+            "label_to_segment": [int(m) for m in mapping],
+            "match_distance": [None if np.isnan(d) else round(float(d), 4) for d in distance],
+            "max_match_distance": MAX_MATCH_DISTANCE,
+        },
+    }
+    model.info = {"metrics": metrics}
+    return TrainingResult(model, metrics, sizes, gate_failures(metrics, champion))
+
+
+def gate_failures(metrics: dict[str, Any], champion: SegmentationModel | None) -> list[str]:
+    """Why this model must not replace the champion automatically (empty: promote)."""
+    failures = []
+    agreement = metrics["tree"]["agreement"]
+    if agreement < MIN_AGREEMENT:
+        failures.append(f"tree agreement {agreement:.3f} < {MIN_AGREEMENT}")
+    if metrics["silhouette"] < MIN_SILHOUETTE:
+        failures.append(f"silhouette {metrics['silhouette']:.3f} < {MIN_SILHOUETTE}")
+    if champion is not None:
+        if metrics["k"] != champion.k:
+            failures.append(f"k changed from {champion.k} to {metrics['k']}: segment ids "
+                            "cannot all be carried over")
+        distances = [d for d in metrics["alignment"]["match_distance"] if d is not None]
+        if distances and max(distances) > MAX_MATCH_DISTANCE:
+            failures.append(f"relative segment match distance {max(distances):.2f} > "
+                            f"{MAX_MATCH_DISTANCE}: the segments moved too far to keep ids")
+    return failures
+
+
+def load_training_frame(url: str, sample_size: int | None, random_state: int) -> pd.DataFrame:
+    """Customers to train on; a reproducible hash-ordered sample when the table is large."""
+    from psycopg import sql
+
+    from segmentation.db import connection
+    from segmentation.features import COLUMNS
+    from segmentation.scoring import iter_chunks
+
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+    query = sql.SQL("SELECT {} FROM customers").format(columns)
+    if sample_size:
+        query = sql.SQL("{} ORDER BY md5(customer_id || {}) LIMIT {}").format(
+            query, sql.Literal(str(random_state)), sql.Literal(int(sample_size)))
+    with connection(url) as conn:
+        chunks = list(iter_chunks(conn, query, 100_000))
+    if not chunks:
+        raise ValueError("no customers to train on: run `segmentation ingest` first")
+    return pd.concat(chunks, ignore_index=True)
+
+
+def register_and_gate(url: str, saved: Any, result: TrainingResult, force: bool) -> str:
+    """Register the saved version; promote it if the gates hold or `force`. Returns status."""
+    from segmentation.db import connection
+    from segmentation.registry import promote, register_version
+
+    failures = result.gate_failures
+    reason = "; ".join(failures) if failures else None
+    with connection(url) as conn:
+        register_version(conn, saved, result.model, result.metrics, result.sizes, reason)
+        conn.commit()
+        if failures and not force:
+            return "challenger"
+        promote(conn, saved.version,
+                reason=f"forced past: {reason}" if failures else "passed the quality gates")
+    return "champion"

@@ -1,0 +1,155 @@
+"""Customer segments: overview, lookup, ad-hoc prediction, models and runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run` from a checkout
+
+from segmentation.clustering import SegmentationModel
+from segmentation.config import load_settings, mask_url
+from segmentation.db import connection, resolve_url, sa_engine
+from segmentation.errors import SegmentationError
+from segmentation.features import COUNTS, FEATURES, FREQUENCIES
+from streamlit_app import data
+
+st.set_page_config(page_title="Customer segments", layout="wide")
+
+
+@st.cache_resource
+def get_engine(url: str) -> Engine:
+    """One pooled engine per database URL, built from the same settings as the CLI."""
+    return sa_engine(url)
+
+
+@st.cache_resource
+def get_model(url: str, version: str) -> SegmentationModel:
+    """A model version (sha256-checked by the registry), cached per version."""
+    from segmentation.registry import load_version
+
+    with connection(url) as conn:
+        return load_version(conn, version)
+
+
+def bounds(feature: str) -> tuple[float, float | None]:
+    """Input bounds that match the data contract."""
+    if feature in FREQUENCIES or feature == "prc_full_payment":
+        return 0.0, 1.0
+    if feature == "tenure":
+        return 6.0, 12.0
+    return 0.0, None
+
+
+def overview(engine: Engine) -> None:
+    st.header("Segments")
+    segments = data.champion_segments(engine)
+    if segments.empty or segments["customers"].sum() == 0:
+        st.info("No scored customers yet: run `segmentation score`.")
+        return
+    st.caption(f"champion model {segments['version'].iloc[0]}")
+    st.dataframe(segments[["segment_id", "name", "customers", "share", "profile"]]
+                 .style.format({"share": "{:.1%}", "customers": "{:,}"}), hide_index=True)
+    st.subheader("Centroid profiles (z-scores)")
+    st.bar_chart(data.centroids_z(engine).T)
+    moves = data.segment_sizes_by_run(engine)
+    if not moves.empty:
+        st.subheader("Customers entering each segment, by run")
+        st.bar_chart(moves.pivot_table(index="started_at", columns="segment_id",
+                                       values="moved_in", fill_value=0))
+    chosen = st.multiselect("Export the customers of segments", list(segments["segment_id"]))
+    if chosen:
+        export = data.export_segments(engine, [int(s) for s in chosen])
+        st.download_button("Download CSV", export.to_csv(index=False), "segments.csv",
+                           "text/csv")
+
+
+def lookup(engine: Engine, url: str) -> None:
+    st.header("Customer lookup")
+    customer_id = st.text_input("Customer id", key="lookup_id")
+    if not customer_id:
+        return
+    found = data.lookup_customer(engine, customer_id)
+    if found is None:
+        st.warning(f"No scored customer with id {customer_id!r}.")
+        return
+    st.markdown(f"**Segment {found['segment_id']}: {found['segment_name']}**  \n"
+                f"model {found['model_version']}, scored {found['scored_at']:%Y-%m-%d %H:%M}")
+    centroid = data.segment_centroid(engine, found["model_version"], int(found["segment_id"]))
+    st.dataframe(pd.DataFrame({"customer": [found[f] for f in FEATURES],
+                               "segment centroid": [centroid.get(f) for f in FEATURES]},
+                              index=list(FEATURES)))
+    from segmentation.tree import decision_path
+
+    model = get_model(url, found["model_version"])
+    _, steps = decision_path(model, pd.DataFrame([{f: found[f] for f in FEATURES}]))
+    st.markdown("**Why (decision rules):** " + " and ".join(f"`{s}`" for s in steps))
+
+
+def predict(engine: Engine, url: str) -> None:
+    st.header("Predict a segment")
+    versions = data.model_versions(engine)
+    champion = versions[versions["status"] == "champion"]
+    if champion.empty:
+        st.info("No champion model yet: run `segmentation train`.")
+        return
+    model = get_model(url, str(champion["version"].iloc[0]))
+    means = model.info.get("metrics", {}).get("imputation_means", {})
+    with st.form("predict"):
+        values = {}
+        columns = st.columns(3)
+        for i, feature in enumerate(FEATURES):
+            low, high = bounds(feature)
+            default = float(min(max(means.get(feature, low), low), high or float("inf")))
+            step = 1.0 if feature in COUNTS or feature == "tenure" else None
+            values[feature] = columns[i % 3].number_input(
+                feature, min_value=low, max_value=high, value=default, step=step,
+                key=f"f_{feature}")
+        submitted = st.form_submit_button("Predict")
+    if submitted:
+        from segmentation.tree import decision_path
+
+        row = pd.DataFrame([values])
+        segment = int(model.predict(row)[0])
+        _, steps = decision_path(model, row)
+        st.success(f"Segment {segment}: {model.names.get(segment, '?')}")
+        st.caption(model.profiles.get(segment, ""))
+        st.markdown("**Decision path:** " + " and ".join(f"`{s}`" for s in steps))
+
+
+def models_and_runs(engine: Engine) -> None:
+    st.header("Models")
+    st.dataframe(data.model_versions(engine), hide_index=True)
+    st.header("Scoring runs")
+    st.dataframe(data.scoring_runs(engine), hide_index=True)
+
+
+def main() -> None:
+    st.title("Customer segments")
+    try:
+        url = resolve_url(load_settings())
+        engine = get_engine(url)
+        tabs = st.tabs(["Overview", "Lookup", "Predict", "Models and runs"])
+        with tabs[0]:
+            overview(engine)
+        with tabs[1]:
+            lookup(engine, url)
+        with tabs[2]:
+            predict(engine, url)
+        with tabs[3]:
+            models_and_runs(engine)
+        st.caption(f"database: {mask_url(url)}")
+    except (SQLAlchemyError, SegmentationError) as exc:
+        message = str(exc).splitlines()[0]
+        if "does not exist" in message and "relation" in message:
+            st.error("The database has no schema yet: run `segmentation db migrate`.")
+        else:
+            st.error(f"The database is not reachable or not ready: {mask_url(message)}")
+
+
+main()

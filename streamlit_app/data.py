@@ -1,0 +1,87 @@
+"""The app's data layer: parameterised reads on one pooled engine; no Streamlit here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, text
+
+from segmentation.features import FEATURES
+
+
+def champion_segments(engine: Engine) -> pd.DataFrame:
+    """Segments of the champion with their current customer counts."""
+    query = text(
+        "SELECT p.segment_id, coalesce(o.name, p.name) AS name, coalesce(o.profile, p.profile)"
+        " AS profile, coalesce(c.customers, 0) AS customers, p.version"
+        " FROM segment_profiles p JOIN model_versions m ON m.version = p.version"
+        " AND m.status = 'champion'"
+        " LEFT JOIN segment_name_overrides o ON o.segment_id = p.segment_id"
+        " LEFT JOIN (SELECT segment_id, count(*) AS customers FROM customer_segments"
+        "  GROUP BY segment_id) c ON c.segment_id = p.segment_id ORDER BY p.segment_id")
+    df = pd.read_sql(query, engine)
+    total = df["customers"].sum()
+    df["share"] = df["customers"] / total if total else 0.0
+    return df
+
+
+def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:
+    """Customers per segment after each of the last runs (from history)."""
+    return pd.read_sql(text(
+        "SELECT r.started_at, h.new_segment_id AS segment_id, count(*) AS moved_in"
+        " FROM segment_history h JOIN scoring_runs r USING (run_id)"
+        " WHERE r.run_id IN (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
+        "  ORDER BY started_at DESC LIMIT :runs)"
+        " GROUP BY 1, 2 ORDER BY 1, 2"), engine, params={"runs": runs})
+
+
+def centroids_z(engine: Engine) -> pd.DataFrame:
+    """Champion centroids as z-scores, one row per segment."""
+    df = pd.read_sql(text(
+        "SELECT p.segment_id, p.centroid_z FROM segment_profiles p JOIN model_versions m"
+        " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"), engine)
+    if df.empty:
+        return df
+    return pd.DataFrame(list(df["centroid_z"]), index=df["segment_id"])[list(FEATURES)]
+
+
+def lookup_customer(engine: Engine, customer_id: str) -> dict[str, Any] | None:
+    """A customer's segment and features, or None."""
+    df = pd.read_sql(text(
+        "SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.*"
+        " FROM customer_segments s JOIN customers c USING (customer_id)"
+        " WHERE s.customer_id = :cid"), engine, params={"cid": customer_id})
+    return None if df.empty else df.iloc[0].to_dict()
+
+
+def segment_centroid(engine: Engine, version: str, segment_id: int) -> dict[str, float]:
+    """A segment's centroid in original units."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT centroid FROM segment_profiles WHERE version = :v"
+                                " AND segment_id = :s"), {"v": version, "s": segment_id}).first()
+    return dict(row[0]) if row else {}
+
+
+def model_versions(engine: Engine) -> pd.DataFrame:
+    """Registry rows with headline metrics."""
+    return pd.read_sql(text(
+        "SELECT version, status, k, created_at, (metrics->'tree'->>'agreement')::float"
+        " AS agreement, (metrics->>'silhouette')::float AS silhouette, status_reason"
+        " FROM model_versions ORDER BY created_at DESC"), engine)
+
+
+def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
+    """Recent scoring runs."""
+    return pd.read_sql(text(
+        "SELECT run_id, model_version, mode, status, started_at, finished_at, rows_in,"
+        " rows_scored, rows_quarantined, rows_changed, error FROM scoring_runs"
+        " ORDER BY started_at DESC LIMIT :n"), engine, params={"n": limit})
+
+
+def export_segments(engine: Engine, segment_ids: list[int]) -> pd.DataFrame:
+    """Current segment of the customers in the chosen segments (for CSV download)."""
+    return pd.read_sql(text(
+        "SELECT customer_id, segment_id, segment_name, model_version, scored_at"
+        " FROM customer_segments WHERE segment_id = ANY(:ids) ORDER BY customer_id"),
+        engine, params={"ids": segment_ids})

@@ -1,0 +1,134 @@
+"""Shared fixtures: one throwaway PostgreSQL database and one Prefect harness per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Nothing phones home, and Prefect keeps its state in a throwaway home.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="seg-prefect-home-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from segmentation.db import apply_migrations, conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = ROOT.parent / "shared" / "data" / "customer_data.csv"
+ADMIN_URL = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+DATA_TABLES = ("segment_history", "customer_segments", "scoring_runs", "segment_profiles",
+               "segment_name_overrides", "model_versions", "customers", "ingest_batches")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A uniquely named, migrated database on the test server; dropped at the end."""
+    name = f"seg_test_{uuid.uuid4().hex[:10]}"
+    admin = conninfo(ADMIN_URL)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    apply_migrations(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+
+
+def truncate_all(url: str) -> None:
+    """Empty every data table (schema stays)."""
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in DATA_TABLES)))
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    """The session database, emptied for this test."""
+    truncate_all(database_url)
+    return database_url
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private model registry folder for this test."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("SEGMENTATION_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect test server per session; subprocesses reach it through PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        url = str(PREFECT_API_URL.value())
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real CC GENERAL file (never committed); tests skip without it."""
+    if not REAL_DATA.is_file():
+        pytest.skip(f"real data set not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5,000 synthetic customers, generated once."""
+    from segmentation.generate import generate_csv
+
+    path = tmp_path_factory.mktemp("data") / "customers.csv"
+    generate_csv(path, 5_000, seed=7)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_frame(synthetic_csv: Path):  # type: ignore[no-untyped-def]
+    """The synthetic customers as a DataFrame with our column names."""
+    import pandas as pd
+
+    from segmentation.features import normalize_name
+
+    df = pd.read_csv(synthetic_csv)
+    return df.rename(columns={c: normalize_name(c) for c in df.columns})
+
+
+@pytest.fixture(scope="session")
+def real_frame(real_data: Path):  # type: ignore[no-untyped-def]
+    """The real customers as a DataFrame with our column names."""
+    import pandas as pd
+
+    from segmentation.features import normalize_name
+
+    df = pd.read_csv(real_data)
+    return df.rename(columns={c: normalize_name(c) for c in df.columns})
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic_frame):  # type: ignore[no-untyped-def]
+    """One model trained on the synthetic customers, shared by read-only tests."""
+    from segmentation.training import train_model
+
+    return train_model(synthetic_frame, "m-test-0001", k=4, k_range=range(0), random_state=42)

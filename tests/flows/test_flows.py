@@ -1,0 +1,67 @@
+"""The Prefect flows on the session's test server: wiring, gates, artifacts."""
+
+from pathlib import Path
+
+import pytest
+
+from segmentation.ingest import ingest_csv
+from tests.helpers import query
+
+
+@pytest.fixture
+def flow_env(db: str, models_dir: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
+    return db
+
+
+def test_retrain_then_score(flow_env: str, synthetic_csv: Path) -> None:
+    from flows.nightly_scoring import score_flow
+    from flows.retrain import retrain
+
+    ingest_csv(flow_env, synthetic_csv)
+    summary = retrain(k=4, sample_size=200_000, force=False)
+    assert ": champion;" in summary
+    version = query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'")
+    assert len(version) == 1
+    first = score_flow(mode="incremental")
+    assert "5,000 in, 5,000 scored" in first
+    second = score_flow(mode="incremental")
+    assert "0 in, 0 scored" in second
+    assert query(flow_env, "SELECT count(*), count(DISTINCT model_version) FROM"
+                           " customer_segments") == [(5_000, 1)]
+
+    # a second retrain on the same data keeps ids and names and replaces the champion
+    retrain(k=4, sample_size=200_000, force=False)
+    names = query(flow_env, "SELECT version, segment_id, name FROM segment_profiles"
+                            " ORDER BY segment_id, version")
+    by_version: dict[str, list[tuple[int, str]]] = {}
+    for version_, seg, name in names:
+        by_version.setdefault(version_, []).append((seg, name))
+    first_names, second_names = by_version.values()
+    assert first_names == second_names
+
+
+def test_changed_k_stays_challenger_and_says_why(flow_env: str, synthetic_csv: Path) -> None:
+    from flows.retrain import retrain
+
+    ingest_csv(flow_env, synthetic_csv)
+    retrain(k=4)
+    summary = retrain(k=6)
+    assert ": challenger;" in summary and "k changed from 4 to 6" in summary
+    assert query(flow_env, "SELECT k FROM model_versions WHERE status = 'champion'") == [(4,)]
+
+
+def test_artifacts_have_stable_keys(flow_env: str, synthetic_csv: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.retrain import retrain
+
+    ingest_csv(flow_env, synthetic_csv)
+    retrain(k=4)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["retrain-report", "retrain-segments"])))
+    assert {a.key for a in artifacts} >= {"retrain-report", "retrain-segments"}
+    report = next(a for a in artifacts if a.key == "retrain-report")
+    assert "tree agreement" in str(report.data) and "-> segment" in str(report.data)

@@ -1,0 +1,31 @@
+"""Test helpers: the real CLI in a subprocess, and small SQL reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from segmentation.db import conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `segmentation` command in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "segmentation.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Fetch all rows of a statement (test helper)."""
+    with psycopg.connect(conninfo(url)) as conn:
+        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+
+def snapshot_segments(url: str) -> list[tuple]:
+    """customer_segments, fully ordered, to compare before/after."""
+    return query(url, "SELECT * FROM customer_segments ORDER BY customer_id")

@@ -1,0 +1,37 @@
+"""Settings: environment in, passwords never out."""
+
+from pathlib import Path
+
+import pytest
+
+from segmentation.config import Settings, load_settings, mask_url
+
+
+def test_mask_url_hides_password() -> None:
+    masked = mask_url("postgresql+psycopg://ops:s3cr3t-pw@db.internal:5432/seg")
+    assert "s3cr3t-pw" not in masked
+    assert "ops" in masked and "db.internal" in masked
+
+
+def test_mask_url_never_echoes_garbage() -> None:
+    assert "hunter2" not in mask_url("not a url hunter2")
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", "postgresql+psycopg://u@h/d")
+    monkeypatch.setenv("SEGMENTATION_HOME", str(tmp_path))
+    monkeypatch.delenv("SEGMENTATION_MODELS_DIR", raising=False)
+    settings = load_settings()
+    assert settings.database_url == "postgresql+psycopg://u@h/d"
+    assert settings.models_path == tmp_path / "models"
+
+
+def test_models_dir_overrides_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEGMENTATION_MODELS_DIR", str(tmp_path / "elsewhere"))
+    assert Settings().models_path == tmp_path / "elsewhere"
+
+
+def test_invalid_share_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTATION_QUARANTINE_MAX_SHARE", "1.5")
+    with pytest.raises(ValueError, match="quarantine_max_share"):
+        Settings()

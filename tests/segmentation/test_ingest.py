@@ -1,0 +1,186 @@
+"""Ingest: COPY into a landing table, specific messages, all or nothing."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segmentation.errors import IngestError
+from segmentation.features import COLUMNS, ORIGINAL_HEADERS
+from segmentation.ingest import ingest_csv, ingest_table
+from tests.helpers import query
+
+ROW = "C1,40.9,0.81,95.4,0,95.4,0,0.16,0,0.08,0,0,2,1000,201.8,139.5,0,12"
+
+
+def write(tmp_path: Path, text: str, name: str = "in.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def csv_text(rows: list[str], header: tuple[str, ...] = ORIGINAL_HEADERS) -> str:
+    return ",".join(header) + "\n" + "\n".join(rows) + "\n"
+
+
+def nothing_written(url: str) -> bool:
+    return query(url, "SELECT (SELECT count(*) FROM customers) + "
+                      "(SELECT count(*) FROM ingest_batches)") == [(0,)]
+
+
+def test_synthetic_file_loads_every_row(db: str, synthetic_csv: Path) -> None:
+    result = ingest_csv(db, synthetic_csv)
+    assert (result.rows_in, result.rows_inserted) == (5_000, 5_000)
+    assert query(db, "SELECT count(*), count(DISTINCT batch_id) FROM customers") == [(5_000, 1)]
+    assert query(db, "SELECT rows_in, rows_inserted FROM ingest_batches") == [(5_000, 5_000)]
+
+
+def test_reloading_the_same_file_changes_nothing(db: str, synthetic_csv: Path) -> None:
+    first = ingest_csv(db, synthetic_csv)
+    second = ingest_csv(db, synthetic_csv)
+    assert (second.rows_inserted, second.rows_updated, second.rows_unchanged) == (0, 0, 5_000)
+    assert query(db, "SELECT count(*) FROM customers WHERE batch_id = %s",
+                 (first.batch_id,)) == [(5_000,)]
+
+
+def test_changed_rows_are_updated(db: str, tmp_path: Path) -> None:
+    ingest_csv(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])))
+    result = ingest_csv(db, write(tmp_path, csv_text([ROW.replace(",40.9,", ",99.5,")]), "b.csv"))
+    assert (result.rows_updated, result.rows_inserted) == (1, 0)
+    assert query(db, "SELECT balance FROM customers WHERE customer_id = 'C1'") == [(99.5,)]
+
+
+def test_snake_case_headers_and_nulls(db: str, tmp_path: Path) -> None:
+    row = ROW.replace(",139.5,", ",,")  # empty minimum_payments -> NULL
+    ingest_csv(db, write(tmp_path, csv_text([row], COLUMNS)))
+    assert query(db, "SELECT minimum_payments, tenure FROM customers") == [(None, 12.0)]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p / "absent.csv", "no such file"),
+    (lambda p: p, "is a directory"),
+    (lambda p: write(p, "\x00\x01\x02binary", "x.bin"), "not a CSV file"),
+    (lambda p: write(p, "hello world\nthis is prose\n", "x.txt"), "not a CSV file"),
+    (lambda p: write(p, "", "empty.csv"), "empty"),
+])
+def test_bad_paths_fail_with_one_line_and_write_nothing(db: str, tmp_path: Path, make,
+                                                        message: str) -> None:
+    with pytest.raises(IngestError, match=message) as info:
+        ingest_csv(db, make(tmp_path))
+    assert "\n" not in str(info.value)
+    assert nothing_written(db)
+
+
+def test_missing_column_is_named(db: str, tmp_path: Path) -> None:
+    header = tuple(h for h in ORIGINAL_HEADERS if h != "TENURE")
+    path = write(tmp_path, csv_text([ROW.rsplit(",", 1)[0]], header))
+    with pytest.raises(IngestError, match=r"missing column\(s\): tenure"):
+        ingest_csv(db, path)
+    assert nothing_written(db)
+
+
+def test_renamed_column_is_named_both_ways(db: str, tmp_path: Path) -> None:
+    header = tuple("PURCHASE" if h == "PURCHASES" else h for h in ORIGINAL_HEADERS)
+    with pytest.raises(IngestError, match=r"missing column\(s\): purchases; unexpected "
+                                          r"column\(s\): PURCHASE \(renamed\?\)"):
+        ingest_csv(db, write(tmp_path, csv_text([ROW], header)))
+    assert nothing_written(db)
+
+
+def test_extra_column_is_ignored_with_a_warning(db: str, tmp_path: Path) -> None:
+    result = ingest_csv(db, write(tmp_path, csv_text([ROW + ",x"], (*ORIGINAL_HEADERS, "NOTE"))))
+    assert result.rows_in == 1
+    assert result.warnings == ["ignored unexpected column(s): NOTE"]
+
+
+def test_text_in_numeric_column_names_column_and_value(db: str, tmp_path: Path) -> None:
+    bad = ROW.replace(",95.4,0,95.4,", ",ninety,0,95.4,")
+    with pytest.raises(IngestError, match=r"purchases: 1 value\(s\) are not numbers, "
+                                          r"e\.g\. 'ninety'"):
+        ingest_csv(db, write(tmp_path, csv_text([ROW.replace("C1,", "C2,"), bad])))
+    assert nothing_written(db)
+
+
+def test_nan_and_inf_strings_load_for_validation_to_judge(db: str, tmp_path: Path) -> None:
+    row = ROW.replace(",40.9,", ",NaN,").replace(",1000,", ",inf,")
+    ingest_csv(db, write(tmp_path, csv_text([row])))
+    assert query(db, "SELECT balance::text, credit_limit::text FROM customers") == \
+        [("NaN", "Infinity")]
+
+
+def test_duplicate_ids_are_refused_with_examples(db: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"not unique within the batch: 1 duplicated id\(s\), "
+                                          r"e\.g\. 'C1' \(2x\)"):
+        ingest_csv(db, write(tmp_path, csv_text([ROW, ROW])))
+    assert nothing_written(db)
+
+
+def test_missing_id_is_refused(db: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="customer_id is empty on 1 row"):
+        ingest_csv(db, write(tmp_path, csv_text([ROW.replace("C1,", ",")])))
+
+
+def test_header_only_csv(db: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"no data rows \(header only\)"):
+        ingest_csv(db, write(tmp_path, ",".join(ORIGINAL_HEADERS) + "\n"))
+    assert nothing_written(db)
+
+
+def test_semicolon_file_gets_a_hint_then_loads_with_delimiter(db: str, tmp_path: Path) -> None:
+    path = write(tmp_path, csv_text([ROW]).replace(",", ";"))
+    with pytest.raises(IngestError, match="semicolon-separated; pass --delimiter ';'"):
+        ingest_csv(db, path)
+    assert nothing_written(db)
+    assert ingest_csv(db, path, delimiter=";").rows_in == 1
+
+
+def test_latin1_file_gets_a_hint_then_loads_with_encoding(db: str, tmp_path: Path) -> None:
+    path = write(tmp_path, csv_text([ROW.replace("C1,", "Cé1,")]), encoding="latin-1")
+    with pytest.raises(IngestError, match="not valid utf-8.*--encoding latin1"):
+        ingest_csv(db, path)
+    assert nothing_written(db)
+    ingest_csv(db, path, encoding="latin1")
+    assert query(db, "SELECT customer_id FROM customers") == [("Cé1",)]
+
+
+def test_ragged_row_names_the_line(db: str, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="line 3.*different number of fields"):
+        ingest_csv(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,") + ",9"])))
+    assert nothing_written(db)
+
+
+@pytest.mark.parametrize("customer_id", [
+    "'; DROP TABLE customer_segments; --", 'quote"inside', "semi;colon", "Ünïcødé-客户-🙂",
+    "comma,inside", "x" * 256, "new\nline",
+])
+def test_hostile_ids_are_stored_verbatim(db: str, tmp_path: Path, customer_id: str) -> None:
+    df = pd.read_csv(pd.io.common.StringIO(csv_text([ROW])))
+    df["CUST_ID"] = [customer_id]
+    path = tmp_path / "hostile.csv"
+    df.to_csv(path, index=False)
+    ingest_csv(db, path)
+    assert query(db, "SELECT customer_id FROM customers") == [(customer_id,)]
+    assert query(db, "SELECT to_regclass('customer_segments') IS NOT NULL") == [(True,)]
+
+
+def test_overlong_id_is_refused(db: str, tmp_path: Path) -> None:
+    import secrets
+
+    with pytest.raises(IngestError, match="longer than 256 characters on 1 row"):
+        long_id = secrets.token_hex(2_000)
+        ingest_csv(db, write(tmp_path, csv_text([ROW.replace("C1,", long_id + ",")])))
+    assert nothing_written(db)
+
+
+def test_ingest_from_an_existing_table(db: str, tmp_path: Path) -> None:
+    from segmentation.db import connection
+
+    with connection(db) as conn:
+        conn.execute("DROP TABLE IF EXISTS public.raw_in")
+        conn.execute("CREATE TABLE public.raw_in AS SELECT 'T1'::text AS \"CUST_ID\", "
+                     + ", ".join(f"1.0::float8 AS \"{h}\"" for h in ORIGINAL_HEADERS[1:]))
+    result = ingest_table(db, "public.raw_in")
+    assert (result.rows_in, result.source) == (1, "table:public.raw_in")
+    assert query(db, "SELECT customer_id, tenure FROM customers") == [("T1", 1.0)]
+    with pytest.raises(IngestError, match="does not exist"):
+        ingest_table(db, "public.no_such_table")

@@ -1,0 +1,107 @@
+"""The model: quality on the real data, stable ids and names across retrains, gates."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segmentation.clustering import MAX_MATCH_DISTANCE, choose_k, name_segments
+from segmentation.training import MIN_AGREEMENT, train_model
+from segmentation.tree import decision_path, export_rules
+
+
+@pytest.fixture(scope="module")
+def real_champion(real_frame: pd.DataFrame):
+    return train_model(real_frame, "m-real-0001", k=4, random_state=42)
+
+
+def test_real_data_tree_agreement_at_least_96_percent(real_champion) -> None:
+    metrics = real_champion.metrics
+    assert metrics["tree"]["agreement"] >= 0.96
+    assert metrics["tree"]["holdout_rows"] == pytest.approx(8_950 * 0.25, abs=1)
+    assert metrics["k"] == 4 and len(set(real_champion.sizes)) == 4
+    assert not real_champion.gate_failures
+
+
+def test_k_report_covers_2_to_10(real_champion) -> None:
+    report = real_champion.metrics["k_report"]
+    assert [r["k"] for r in report] == list(range(2, 11))
+    inertia = [r["inertia"] for r in report]
+    assert all(a > b for a, b in itertools.pairwise(inertia)), "elbow must decrease"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bootstrap_retrain_keeps_every_id_and_name(real_frame: pd.DataFrame, real_champion,
+                                                   seed: int) -> None:
+    resample = real_frame.sample(frac=1.0, replace=True, random_state=seed)
+    retrained = train_model(resample, f"m-boot-{seed}", k=4, k_range=range(0),
+                            random_state=seed, champion=real_champion.model)
+    distances = retrained.metrics["alignment"]["match_distance"]
+    assert max(distances) < MAX_MATCH_DISTANCE
+    assert retrained.model.names == real_champion.model.names
+    # the same customers land in the same segment ids
+    agree = (retrained.model.predict(real_frame) == real_champion.model.predict(real_frame))
+    assert agree.mean() > 0.9
+    assert not retrained.gate_failures
+
+
+def test_changed_k_is_held_as_challenger_with_reason(real_frame: pd.DataFrame,
+                                                     real_champion) -> None:
+    retrained = train_model(real_frame, "m-k5", k=5, k_range=range(0),
+                            champion=real_champion.model)
+    assert any("k changed from 4 to 5" in f for f in retrained.gate_failures)
+
+
+def test_shuffled_features_are_held_as_challenger(real_frame: pd.DataFrame,
+                                                  real_champion) -> None:
+    shuffled = real_frame.copy()
+    cols = [c for c in shuffled.columns if c != "customer_id"]
+    rotated = cols[5:] + cols[:5]
+    shuffled[cols] = real_frame[rotated].to_numpy()
+    retrained = train_model(shuffled, "m-shuf", k=4, k_range=range(0),
+                            champion=real_champion.model)
+    assert any("match distance" in f for f in retrained.gate_failures)
+
+
+def test_choose_k_prefers_silhouette_then_davies_bouldin() -> None:
+    report = [{"k": 2, "silhouette": 0.9, "davies_bouldin": 0.1, "inertia": 1},
+              {"k": 3, "silhouette": 0.3, "davies_bouldin": 1.2, "inertia": 1},
+              {"k": 4, "silhouette": 0.3, "davies_bouldin": 1.0, "inertia": 1},
+              {"k": 5, "silhouette": 0.25, "davies_bouldin": 0.9, "inertia": 1}]
+    assert choose_k(report) == 4
+
+
+def test_names_are_unique_and_readable() -> None:
+    centres = np.zeros((3, 17))
+    centres[:, 2] = [2.0, 2.1, -1.0]  # two "high spenders"
+    names, profiles = name_segments(centres, np.array([0, 1, 2]))
+    assert len(set(names.values())) == 3
+    assert names[0] == "High spenders" and names[1] == "High spenders (2)"
+    assert "sd" in profiles[2]
+
+
+def test_rules_are_readable_text_in_original_units(trained) -> None:
+    rules = export_rules(trained.model)
+    assert rules.startswith("# decision rules for model m-test-0001")
+    assert "-> segment" in rules and "if " in rules
+    assert trained.metrics["tree"]["agreement"] >= MIN_AGREEMENT
+
+
+def test_decision_path_matches_tree_prediction(trained, synthetic_frame) -> None:
+    row = synthetic_frame.iloc[[0]]
+    segment, steps = decision_path(trained.model, row)
+    assert steps and all((" <= " in s) or (" > " in s) for s in steps)
+    assert segment == int(trained.model.tree.predict(
+        trained.model.tree_inputs(trained.model.standardize(row)))[0])
+
+
+def test_imputation_uses_training_means(trained, synthetic_frame) -> None:
+    row = synthetic_frame.iloc[[0]].copy()
+    row["minimum_payments"] = np.nan
+    z = trained.model.standardize(row)
+    means = trained.metrics["imputation_means"]
+    scaler = trained.model.pipeline.named_steps["scale"]
+    index = list(trained.model.features).index("minimum_payments")
+    assert z[0, index] == pytest.approx((means["minimum_payments"] - scaler.mean_[index])
+                                        / scaler.scale_[index])

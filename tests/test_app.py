@@ -1,0 +1,63 @@
+"""The Streamlit app against a real database (AppTest, no browser)."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from segmentation import registry, scoring
+from segmentation.db import connection
+from segmentation.ingest import ingest_csv
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
+
+
+@pytest.fixture
+def scored_db(db: str, trained, models_dir: Path, synthetic_csv: Path,
+              monkeypatch: pytest.MonkeyPatch) -> str:
+    ingest_csv(db, synthetic_csv)
+    model = dataclasses.replace(trained.model, version="m-app-1")
+    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    with connection(db) as conn:
+        registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
+        registry.promote(conn, model.version)
+    scoring.score_customers(db, model, model.names, mode="full")
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
+    return db
+
+
+def run_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_empty_database_says_what_to_run(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
+    at = run_app()
+    assert any("run `segmentation score`" in i.value for i in at.info)
+
+
+def test_unreachable_database_is_a_page_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL",
+                       "postgresql+psycopg://u:pw-secret@127.0.0.1:1/none")
+    at = run_app()
+    assert at.error and "not reachable" in at.error[0].value
+    assert "pw-secret" not in at.error[0].value
+
+
+def test_overview_lookup_and_predict(scored_db: str, trained, synthetic_frame) -> None:
+    at = run_app()
+    assert at.dataframe, "segment table missing"
+    customer = str(synthetic_frame["customer_id"].iloc[0])
+    expected = int(trained.model.predict(synthetic_frame.iloc[[0]])[0])
+    at.text_input(key="lookup_id").set_value(customer).run()
+    texts = " ".join(m.value for m in at.markdown)
+    assert f"Segment {expected}: {trained.model.names[expected]}" in texts
+    assert "decision rules" in texts
+    at.text_input(key="lookup_id").set_value("no-such-id").run()
+    assert any("No scored customer" in w.value for w in at.warning)
+    at.button[0].click().run()  # the form's submit button
+    assert at.success and at.success[0].value.startswith("Segment ")
