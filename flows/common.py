@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,7 +16,19 @@ DB_RETRIES = 2
 DB_RETRY_DELAY_S = 2
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S)
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry on a lost/refused connection, never on a user error (bad model, bad data)."""
+    try:
+        state.result()
+    except (psycopg.OperationalError, psycopg.errors.SerializationFailure):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
+      retry_condition_fn=transient_only)
 def resolve_database(settings: Settings) -> str:
     """The database URL (starting the embedded server if none is configured)."""
     return resolve_url(settings)

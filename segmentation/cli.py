@@ -5,6 +5,7 @@ User mistakes print one line (`error: ...`) and exit non-zero; never a traceback
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -211,6 +212,21 @@ def models_promote(version: str) -> None:
     typer.echo(f"{version} is now the champion")
 
 
+@models_app.command("rename")
+def models_rename(segment_id: int, name: str) -> None:
+    """Override a segment's name (kept across retrains; the next score applies it)."""
+    from segmentation.db import connection
+
+    if not 1 <= len(name.strip()) <= 80:
+        raise SegmentationError("a segment name must have 1 to 80 characters")
+    with connection(_url()) as conn:
+        conn.execute(
+            "INSERT INTO segment_name_overrides (segment_id, name) VALUES (%s, %s)"
+            " ON CONFLICT (segment_id) DO UPDATE SET name = EXCLUDED.name, updated_at = now()",
+            (segment_id, name.strip()))
+    typer.echo(f"segment {segment_id} is now called {name.strip()!r}")
+
+
 @models_app.command("rollback")
 def models_rollback() -> None:
     """Restore the previous champion."""
@@ -284,12 +300,25 @@ QUIET_DEFAULTS = {
 }
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs failed runs with a traceback; a user error needs only its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SegmentationError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def main() -> None:
     """Console entry point: user errors are one line and exit 1."""
     import psycopg
 
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    for name in ("prefect.task_engine", "prefect.flow_engine", "prefect.task_runs",
+                 "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
     try:
         app()
     except SegmentationError as exc:

@@ -36,8 +36,19 @@ def segment_rows(result: TrainingResult) -> list[dict[str, Any]]:
              "profile": result.model.profiles[seg]} for seg in sorted(result.model.names)]
 
 
+def _png(fig: Any, title: str) -> str:
+    """A matplotlib figure as an inline markdown image."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
 def _k_plot(report: list[dict[str, float]]) -> str:
-    """Elbow and silhouette plot as an inline PNG (markdown image)."""
+    """Elbow and silhouette plot."""
     if not report:
         return ""
     import matplotlib
@@ -53,11 +64,27 @@ def _k_plot(report: list[dict[str, float]]) -> str:
     ax[1].set_title("silhouette")
     for a in ax:
         a.set_xlabel("k")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return f"![k selection](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return _png(fig, "k selection")
+
+
+def _pca_plot(result: TrainingResult) -> str:
+    """2-D PCA scatter of a training sample, coloured by segment."""
+    if result.projection is None or not len(result.projection):
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    points = result.projection
+    for seg in sorted(result.model.names):
+        mine = points[points[:, 2] == seg]
+        ax.scatter(mine[:, 0], mine[:, 1], s=4, label=f"{seg} {result.model.names[seg]}")
+    ax.set_xlabel("pc1")
+    ax.set_ylabel("pc2")
+    ax.legend(fontsize=7, markerscale=3)
+    return _png(fig, "PCA scatter")
 
 
 def retrain_markdown(result: TrainingResult, status: str) -> str:
@@ -80,7 +107,8 @@ def retrain_markdown(result: TrainingResult, status: str) -> str:
         out += [f"| {r['k']} | {r['inertia']:.0f} | {r['silhouette']:.3f} | "
                 f"{r['davies_bouldin']:.3f} |" for r in m["k_report"]]
         out += ["", _k_plot(m["k_report"]), ""]
-    out += ["## Segments", "", "| id | name | size | profile |", "|---|---|---|---|"]
+    out += ["## Segments", "", _pca_plot(result), "", "| id | name | size | profile |",
+            "|---|---|---|---|"]
     out += [f"| {r['segment_id']} | {r['name']} | {r['size']:,} | {r['profile']} |"
             for r in segment_rows(result)]
     out += ["", "## Rules", "", "```", export_rules(result.model), "```"]

@@ -37,6 +37,7 @@ class TrainingResult:
     metrics: dict[str, Any]
     sizes: dict[int, int]
     gate_failures: list[str] = field(default_factory=list)
+    projection: np.ndarray | None = None  # (pc1, pc2, segment) for a sample, for the scatter
 
 
 def fingerprint_frame(df: pd.DataFrame) -> str:
@@ -107,7 +108,9 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         },
     }
     model.info = {"metrics": metrics}
-    return TrainingResult(model, metrics, sizes, gate_failures(metrics, champion))
+    shown = pick[:2_000]
+    projection = np.column_stack([pca.transform(z[shown]), segments[shown]])
+    return TrainingResult(model, metrics, sizes, gate_failures(metrics, champion), projection)
 
 
 def gate_failures(metrics: dict[str, Any], champion: SegmentationModel | None) -> list[str]:

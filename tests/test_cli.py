@@ -11,7 +11,8 @@ from tests.helpers import query, run_cli
 
 VERBS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "stop"], ["generate"], ["ingest"],
          ["train"], ["score"], ["models"], ["models", "list"], ["models", "show"],
-         ["models", "promote"], ["models", "rollback"], ["demo"], ["app"]]
+         ["models", "promote"], ["models", "rollback"], ["models", "rename"], ["demo"],
+         ["app"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "root")
@@ -73,3 +74,35 @@ def test_acceptance_on_the_real_file(db: str, real_data: Path, tmp_path: Path,
     assert "champion" in listing.stdout
     shown = run_cli("models", "show", env=env)
     assert "tree agreement" in shown.stdout and shown.returncode == 0
+
+
+@pytest.mark.slow
+def test_tamper_rollback_and_rename_through_the_cli(db: str, synthetic_csv: Path,
+                                                     tmp_path: Path, prefect_api: str) -> None:
+    """Issue #4: a flipped byte is refused; rollback restores the previous champion."""
+    env = cli_env(db, tmp_path)
+    assert run_cli("ingest", str(synthetic_csv), env=env).returncode == 0
+    for _ in range(2):
+        assert run_cli("train", env=env).returncode == 0
+    first, second = [v for (v,) in query(db, "SELECT version FROM model_versions"
+                                             " ORDER BY created_at")]
+    assert query(db, "SELECT version FROM model_versions WHERE status = 'champion'") == [(second,)]
+
+    model_file = tmp_path / "models" / second / "model.joblib"
+    original = model_file.read_bytes()
+    flipped = bytearray(original)
+    flipped[100] ^= 0xFF
+    model_file.write_bytes(bytes(flipped))
+    refused = run_cli("score", env=env)
+    assert refused.returncode == 1
+    assert "does not match the registry" in refused.stderr and "Traceback" not in refused.stderr
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+    model_file.write_bytes(original)
+
+    rolled = run_cli("models", "rollback", env=env)
+    assert rolled.returncode == 0 and first in rolled.stdout
+    assert run_cli("models", "rename", "0", "VIP", env=env).returncode == 0
+    assert run_cli("score", env=env).returncode == 0
+    assert query(db, "SELECT DISTINCT model_version FROM customer_segments") == [(first,)]
+    assert query(db, "SELECT DISTINCT segment_name FROM customer_segments"
+                     " WHERE segment_id = 0") == [("VIP",)]
