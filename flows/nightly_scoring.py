@@ -56,3 +56,12 @@ def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool 
     summary = reports.scoring_summary(result)
     get_run_logger().info(summary)
     return summary
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(mode: Literal["full", "incremental"] = "incremental") -> str:
+    """The nightly job: validate pending batches, then score (stops if a batch fails)."""
+    from flows.validate import validate_flow
+
+    validate_flow()
+    return score_flow(mode=mode, wait=True)

@@ -102,8 +102,9 @@ def ingest(
     table: Annotated[str | None, typer.Option(help="Load an existing table (schema.name).")] = None,
     delimiter: Annotated[str, typer.Option(help="Field delimiter of the CSV.")] = ",",
     encoding: Annotated[str, typer.Option(help="Encoding of the CSV.")] = "utf-8",
+    validate: Annotated[bool, typer.Option(help="Validate the batch right away.")] = True,
 ) -> None:
-    """Load a CSV (or a table) into `customers` as one batch, all or nothing."""
+    """Load a CSV (or a table) as one batch, then validate it (exit 1 if it fails)."""
     from segmentation.ingest import ingest_csv, ingest_table
 
     if (path is None) == (table is None):
@@ -115,9 +116,86 @@ def ingest(
         result = ingest_table(url, str(table))
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    typer.echo(f"batch {result.batch_id}: loaded {result.rows_in:,} rows "
-               f"({result.rows_inserted:,} new, {result.rows_updated:,} changed, "
-               f"{result.rows_unchanged:,} unchanged)")
+    typer.echo(f"batch {result.batch_id}: loaded {result.rows_in:,} rows")
+    if validate:
+        _validate([result.batch_id], url)
+    else:
+        typer.echo(f"not validated yet: run `segmentation validate --batch {result.batch_id}`")
+
+
+def _validate(batch_ids: list[str], url: str) -> None:
+    """Validate batches in order, print each summary; exit 1 if any failed."""
+    from segmentation.db import connection
+    from segmentation.registry import champion_reference
+    from segmentation.validation import validate_batch
+
+    settings = _settings()
+    with connection(url) as conn:
+        reference = champion_reference(conn)
+    failed = []
+    for batch_id in batch_ids:
+        report = validate_batch(url, batch_id, reference=reference,
+                                max_quarantine_share=settings.quarantine_max_share)
+        typer.echo(report.summary(), err=not report.success)
+        if not report.success:
+            failed.append(batch_id)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    batch: Annotated[str | None, typer.Option(help="Batch id (default: every pending batch).")]
+    = None,
+) -> None:
+    """Validate landed batches with the data contract (GX); exit 1 if one fails."""
+    from segmentation.db import connection
+
+    url = _url()
+    if batch is None:
+        with connection(url) as conn:
+            batches = [b for (b,) in conn.execute(
+                "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
+        if not batches:
+            typer.echo("no batch waiting for validation")
+            return
+    else:
+        batches = [batch]
+    _validate(batches, url)
+
+
+batches_app = typer.Typer(help="Loaded batches: list, discard a failed one.",
+                          no_args_is_help=True)
+app.add_typer(batches_app, name="batches")
+
+
+@batches_app.command("list")
+def batches_list() -> None:
+    """Batches, newest first, with their validation status."""
+    from segmentation.db import connection
+
+    with connection(_url()) as conn:
+        rows = conn.execute(
+            "SELECT batch_id, status, rows_in, rows_quarantined, loaded_at, source"
+            " FROM ingest_batches ORDER BY loaded_at DESC LIMIT 50").fetchall()
+    for batch_id, status, rows_in, quarantined, loaded_at, source in rows:
+        typer.echo(f"{batch_id}  {status:<10} {rows_in:>10,} rows {quarantined:>8,} quarantined"
+                   f"  {loaded_at:%Y-%m-%d %H:%M}  {source}")
+
+
+@batches_app.command("discard")
+def batches_discard(batch_id: str) -> None:
+    """Give up on a failed or unvalidated batch so scoring can go on without it."""
+    from segmentation.db import connection
+
+    with connection(_url()) as conn:
+        row = conn.execute("UPDATE ingest_batches SET status = 'discarded' WHERE batch_id = %s"
+                           " AND status IN ('loaded', 'failed') RETURNING batch_id",
+                           (batch_id,)).fetchone()
+        if row is None:
+            raise SegmentationError(f"no failed or unvalidated batch {batch_id!r}")
+        conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    typer.echo(f"batch {batch_id} discarded")
 
 
 @app.command()
@@ -147,6 +225,18 @@ def score(
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
     typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait))
+
+
+@app.command()
+def nightly(
+    mode: Annotated[str, typer.Option(help="full | incremental")] = "incremental",
+) -> None:
+    """What the nightly deployment runs: validate pending batches, then score."""
+    from flows.nightly_scoring import nightly as nightly_flow
+
+    if mode not in ("full", "incremental"):
+        raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode)))
 
 
 @models_app.command("list")
@@ -258,6 +348,7 @@ def demo(
     typer.echo(f"generated {rows:,} synthetic customers -> {data}")
     result = ingest_csv(url, data)
     typer.echo(f"ingested batch {result.batch_id}: {result.rows_in:,} rows")
+    _validate([result.batch_id], url)
     train(k="4", sample_size=200_000, force=False)
     score(mode="full", wait=True)
     _print_segments(url)

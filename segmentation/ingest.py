@@ -3,9 +3,10 @@
 A file is streamed with COPY into a temporary all-text landing table, so nothing is lost
 to parsing: the structural contract (a CSV, the 18 columns, numbers where numbers belong,
 one row per customer id) is checked in SQL with messages that name the column and show an
-example, and only then are rows upserted into `customers` in the same transaction.  Any
-failure rolls everything back: a rejected batch writes nothing.  The row-level rules
-(ranges, nulls, drift) belong to validation, which runs on the loaded batch.
+example, and only then are the typed rows written to `customers_incoming` in the same
+transaction.  Any failure rolls everything back: a rejected file writes nothing.  The row
+rules (ranges, nulls, drift) belong to validation; `accept_batch` then moves the rows that
+passed into `customers`.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ class IngestResult:
     batch_id: str
     source: str
     rows_in: int
-    rows_inserted: int
-    rows_updated: int
-    rows_unchanged: int
     warnings: list[str] = field(default_factory=list)
 
 
@@ -193,12 +191,24 @@ def _check_numbers(conn: psycopg.Connection) -> None:
         raise IngestError("non-numeric values in numeric column(s): " + "; ".join(problems))
 
 
-def _upsert(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
-    """Insert new customers, update changed ones (unchanged rows keep their batch)."""
+def _land(conn: psycopg.Connection, batch_id: str) -> None:
+    """Typed rows of the batch into customers_incoming."""
     casts = sql.SQL(", ").join(
         sql.SQL("NULLIF(btrim({c}), '')::double precision").format(c=sql.Identifier(n))
         for n in FEATURES
     )
+    features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
+    conn.execute(sql.SQL(
+        "INSERT INTO customers_incoming (customer_id, {features}, batch_id, loaded_at)"
+        " SELECT customer_id, {casts}, %s, now() FROM landing").format(
+            features=features, casts=casts), (batch_id,))
+
+
+def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
+    """Move a validated batch's non-quarantined rows into customers (changed rows only).
+
+    Returns (inserted, updated); unchanged rows keep their earlier batch and loaded_at.
+    """
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     excluded = sql.SQL(", ").join(
         sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)) for n in FEATURES)
@@ -206,16 +216,22 @@ def _upsert(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     statement = sql.SQL(
         "WITH up AS ("
         " INSERT INTO customers AS c (customer_id, {features}, batch_id, loaded_at)"
-        " SELECT customer_id, {casts}, {batch}, now() FROM landing"
+        " SELECT i.customer_id, {incoming}, i.batch_id, now() FROM customers_incoming i"
+        " WHERE i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
+        "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
         " ON CONFLICT (customer_id) DO UPDATE SET ({features}, batch_id, loaded_at)"
         "  = ({excluded}, EXCLUDED.batch_id, EXCLUDED.loaded_at)"
         "  WHERE ({current}) IS DISTINCT FROM ({excluded})"
         " RETURNING (xmax = 0) AS inserted)"
         " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
-    ).format(features=features, casts=casts, batch=sql.Literal(batch_id), excluded=excluded,
-             current=current)
-    row = conn.execute(statement).fetchone()
+    ).format(features=features, excluded=excluded, current=current,
+             incoming=sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n))
+                                         for n in FEATURES))
+    row = conn.execute(statement, {"batch": batch_id}).fetchone()
     assert row is not None
+    conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
+                 " WHERE batch_id = %s", (int(row[0]), int(row[1]), batch_id))
     return int(row[0]), int(row[1])
 
 
@@ -233,13 +249,8 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
         " warnings) VALUES (%s, %s, %s, 0, 0, %s::jsonb)",
         (batch_id, source, rows_in, Json(warnings)),
     )
-    inserted, updated = _upsert(conn, batch_id)
-    conn.execute(
-        "UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s WHERE batch_id = %s",
-        (inserted, updated, batch_id),
-    )
-    return IngestResult(batch_id, source, rows_in, inserted, updated,
-                        rows_in - inserted - updated, warnings)
+    _land(conn, batch_id)
+    return IngestResult(batch_id, source, rows_in, warnings)
 
 
 def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",

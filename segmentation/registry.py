@@ -181,6 +181,13 @@ def load_version(conn: psycopg.Connection, version: str | None = None) -> Segmen
     return model
 
 
+def champion_reference(conn: psycopg.Connection) -> dict[str, Any]:
+    """The champion's training distribution per feature (the drift baseline), if any."""
+    row = conn.execute("SELECT metrics->'reference' FROM model_versions"
+                       " WHERE status = 'champion'").fetchone()
+    return dict(row[0]) if row and row[0] else {}
+
+
 def apply_name_overrides(conn: psycopg.Connection, model: SegmentationModel) -> dict[int, str]:
     """Segment names with ops' overrides (table segment_name_overrides) applied."""
     names = dict(model.names)

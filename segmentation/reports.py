@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from segmentation.scoring import ScoreResult
     from segmentation.training import TrainingResult
+    from segmentation.validation import ValidationReport
 
 
 def retrain_summary(result: TrainingResult, status: str) -> str:
@@ -128,3 +129,26 @@ def scoring_markdown(result: ScoreResult) -> str:
     """Markdown artifact for a scoring run."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in result.as_dict().items())
     return f"# Scoring run {result.run_id}\n\n| field | value |\n|---|---|\n{rows}\n"
+
+
+def validation_rows(report: ValidationReport) -> list[dict[str, Any]]:
+    """Table artifact rows: one per rule, with its outcome."""
+    from segmentation.contract import describe
+
+    return [{"tier": o.rule.tier, "rule": describe(o.rule), "passed": o.success,
+             "rows": o.unexpected, "examples": ", ".join(o.examples), "why": o.rule.why}
+            for o in report.outcomes]
+
+
+def validation_markdown(report: ValidationReport) -> str:
+    """Markdown artifact for a validation run."""
+    out = [f"# Validation of batch {report.batch_id}: "
+           f"{'passed' if report.success else 'FAILED'}", "",
+           f"{report.rows_in:,} rows in, {report.rows_accepted:,} accepted, "
+           f"{report.rows_quarantined:,} quarantined, {report.seconds:.1f}s", ""]
+    out += [f"- **failure**: {f}" for f in report.failures]
+    out += [f"- warning: {w}" for w in report.warnings]
+    out += ["", "| tier | rule | passed | rows | examples |", "|---|---|---|---|---|"]
+    out += [f"| {r['tier']} | {r['rule']} | {'yes' if r['passed'] else 'no'} | {r['rows']:,} "
+            f"| {r['examples']} |" for r in validation_rows(report)]
+    return "\n".join(out)

@@ -26,7 +26,7 @@ from psycopg.types.json import Json
 
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection, require_schema
-from segmentation.errors import RunLocked
+from segmentation.errors import RunLocked, ValidationFailed
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
 
 SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
@@ -102,6 +102,31 @@ def encode_scores(ids: pd.Series, segments: Any) -> bytes:
     return sink.getvalue()
 
 
+def refuse_blocked_batches(conn: psycopg.Connection) -> None:
+    """No scoring while a batch is unvalidated or failed: ops must see it first."""
+    from segmentation.validation import pending_batches
+
+    blocked = pending_batches(conn)
+    if not blocked:
+        return
+    batch_id, status = blocked[0]
+    more = f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
+    if status == "loaded":
+        raise ValidationFailed(f"batch {batch_id}{more} has not been validated: run "
+                               f"`segmentation validate --batch {batch_id}`")
+    raise ValidationFailed(f"batch {batch_id}{more} failed validation; fix the source and "
+                           f"ingest it again, or `segmentation batches discard {batch_id}`")
+
+
+def quarantined_since_last_run(conn: psycopg.Connection) -> int:
+    """Rows quarantined by batches validated since the last successful run."""
+    row = conn.execute(
+        "SELECT coalesce(sum(rows_quarantined), 0) FROM ingest_batches WHERE status ="
+        " 'validated' AND validated_at > coalesce((SELECT max(started_at) FROM scoring_runs"
+        " WHERE status = 'succeeded'), '-infinity')").fetchone()
+    return int(row[0]) if row else 0
+
+
 def acquire_run_lock(conn: psycopg.Connection, wait: bool) -> None:
     """Exclusive scoring: wait for, or refuse on, the transaction-scoped advisory lock."""
     if wait:
@@ -160,6 +185,7 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *
     try:
         with connection(url) as writer, connection(url) as reader:
             require_schema(writer)
+            refuse_blocked_batches(writer)
             acquire_run_lock(writer, wait)
             reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
@@ -178,6 +204,7 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *
                         progress(result.rows_in, time.perf_counter() - started)
             result.timings["stream_s"] = round(time.perf_counter() - started, 3)
             result.timings["predict_s"] = round(predict_s, 3)
+            result.rows_quarantined = quarantined_since_last_run(writer)
             t0 = time.perf_counter()
             writer.execute("ANALYZE scored_stage")
             result.rows_changed = publish(writer, result, names, started_at)

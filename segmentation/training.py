@@ -40,6 +40,21 @@ class TrainingResult:
     projection: np.ndarray | None = None  # (pc1, pc2, segment) for a sample, for the scatter
 
 
+def reference_distribution(x: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """Decile edges and bucket shares per feature, the baseline for drift (PSI)."""
+    reference = {}
+    for j, feature in enumerate(FEATURES):
+        values = x[:, j][~np.isnan(x[:, j])]
+        if not len(values):
+            continue
+        edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+        # same buckets as PostgreSQL's width_bucket(value, edges)
+        buckets = np.searchsorted(edges, values, side="right")
+        shares = np.bincount(buckets, minlength=len(edges) + 1) / len(values)
+        reference[feature] = {"edges": edges.tolist(), "proportions": shares.tolist()}
+    return reference
+
+
 def fingerprint_frame(df: pd.DataFrame) -> str:
     """A short hash of the training data, to tell which data a model saw."""
     hashed = pd.util.hash_pandas_object(feature_frame(df), index=False).to_numpy()
@@ -98,6 +113,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         "sample_rows": len(sample),
         "random_state": random_state,
         "data_fingerprint": fingerprint_frame(sample),
+        "reference": reference_distribution(x),
         "imputation_means": dict(zip(FEATURES, map(float, pipeline[0].statistics_),
                                      strict=True)),
         "alignment": {

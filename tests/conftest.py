@@ -29,6 +29,7 @@ REAL_DATA = ROOT.parent / "shared" / "data" / "customer_data.csv"
 ADMIN_URL = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATA_TABLES = ("segment_history", "customer_segments", "scoring_runs", "segment_profiles",
+               "validation_runs", "customers_quarantine", "customers_incoming",
                "segment_name_overrides", "model_versions", "customers", "ingest_batches")
 
 

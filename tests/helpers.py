@@ -29,3 +29,13 @@ def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
 def snapshot_segments(url: str) -> list[tuple]:
     """customer_segments, fully ordered, to compare before/after."""
     return query(url, "SELECT * FROM customer_segments ORDER BY customer_id")
+
+
+def load_batch(url: str, path: Path):  # type: ignore[no-untyped-def]
+    """Ingest a CSV and validate it (what `segmentation ingest` does); returns the report."""
+    from segmentation.ingest import ingest_csv
+    from segmentation.validation import validate_batch
+
+    report = validate_batch(url, ingest_csv(url, path).batch_id)
+    assert report.success, report.summary()
+    return report

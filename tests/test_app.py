@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from segmentation import registry, scoring
 from segmentation.db import connection
-from segmentation.ingest import ingest_csv
+from tests.helpers import load_batch
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 
@@ -16,7 +16,7 @@ APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 @pytest.fixture
 def scored_db(db: str, trained, models_dir: Path, synthetic_csv: Path,
               monkeypatch: pytest.MonkeyPatch) -> str:
-    ingest_csv(db, synthetic_csv)
+    load_batch(db, synthetic_csv)
     model = dataclasses.replace(trained.model, version="m-app-1")
     saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
     with connection(db) as conn:

@@ -12,7 +12,8 @@ from tests.helpers import query, run_cli
 VERBS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "stop"], ["generate"], ["ingest"],
          ["train"], ["score"], ["models"], ["models", "list"], ["models", "show"],
          ["models", "promote"], ["models", "rollback"], ["models", "rename"], ["demo"],
-         ["app"]]
+         ["app"], ["validate"], ["nightly"], ["batches"], ["batches", "list"],
+         ["batches", "discard"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "root")
@@ -66,6 +67,10 @@ def test_acceptance_on_the_real_file(db: str, real_data: Path, tmp_path: Path,
                  ["score", "--mode", "full"]):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
+        if args[0] == "ingest":  # issue #3: the real file validates, warnings listed
+            assert "8,950 accepted, 0 quarantined" in result.stdout
+            assert "warning: [warning] cash_advance_frequency within [0, 1]: 8 row(s)" \
+                in result.stdout
     assert query(db, "SELECT count(*), count(DISTINCT segment_id) FROM customer_segments") \
         == [(8_950, 4)]
     assert query(db, "SELECT count(*) FROM customer_segments s LEFT JOIN model_versions m"

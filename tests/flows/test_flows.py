@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from segmentation.ingest import ingest_csv
-from tests.helpers import query
+from tests.helpers import load_batch, query
 
 
 @pytest.fixture
@@ -18,7 +17,7 @@ def test_retrain_then_score(flow_env: str, synthetic_csv: Path) -> None:
     from flows.nightly_scoring import score_flow
     from flows.retrain import retrain
 
-    ingest_csv(flow_env, synthetic_csv)
+    load_batch(flow_env, synthetic_csv)
     summary = retrain(k=4, sample_size=200_000, force=False)
     assert ": champion;" in summary
     version = query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'")
@@ -44,7 +43,7 @@ def test_retrain_then_score(flow_env: str, synthetic_csv: Path) -> None:
 def test_changed_k_stays_challenger_and_says_why(flow_env: str, synthetic_csv: Path) -> None:
     from flows.retrain import retrain
 
-    ingest_csv(flow_env, synthetic_csv)
+    load_batch(flow_env, synthetic_csv)
     retrain(k=4)
     summary = retrain(k=6)
     assert ": challenger;" in summary and "k changed from 4 to 6" in summary
@@ -57,7 +56,7 @@ def test_artifacts_have_stable_keys(flow_env: str, synthetic_csv: Path) -> None:
 
     from flows.retrain import retrain
 
-    ingest_csv(flow_env, synthetic_csv)
+    load_batch(flow_env, synthetic_csv)
     retrain(k=4)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -65,3 +64,41 @@ def test_artifacts_have_stable_keys(flow_env: str, synthetic_csv: Path) -> None:
     assert {a.key for a in artifacts} >= {"retrain-report", "retrain-segments"}
     report = next(a for a in artifacts if a.key == "retrain-report")
     assert "tree agreement" in str(report.data) and "-> segment" in str(report.data)
+
+
+def test_nightly_validates_then_scores_and_stops_on_a_bad_batch(
+        flow_env: str, synthetic_csv: Path, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.nightly_scoring import nightly
+    from flows.retrain import retrain
+    from segmentation.errors import ValidationFailed
+    from segmentation.ingest import ingest_csv
+    from tests.helpers import snapshot_segments
+
+    load_batch(flow_env, synthetic_csv)
+    retrain(k=4)
+    lines = synthetic_csv.read_text().splitlines()
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_text("\n".join([lines[0]] + [line.replace("C0", "F0", 1) for line in lines[1:11]])
+                     + "\n")
+    ingest_csv(flow_env, fresh)  # landed, not validated: the nightly run validates it
+    summary = nightly()
+    assert "5,010 in, 5,010 scored" in summary  # first run: everyone, incl. the new 10
+    assert query(flow_env, "SELECT status FROM ingest_batches ORDER BY loaded_at") == \
+        [("validated",), ("validated",)]
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["validation-report", "validation-rules"])))}
+    assert keys == {"validation-report", "validation-rules"}
+
+    before = snapshot_segments(flow_env)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join([lines[0]] + [line.replace("C0", "X0", 1)
+                                              .replace(",12\n", ",\n") for line in lines[1:11]])
+                      .replace(",12", ",99") + "\n")  # tenure 99 on every row: > 5 % broken
+    ingest_csv(flow_env, broken)
+    with pytest.raises(ValidationFailed, match="failed validation"):
+        nightly()
+    assert snapshot_segments(flow_env) == before

@@ -8,7 +8,7 @@ import pytest
 from segmentation.errors import IngestError
 from segmentation.features import COLUMNS, ORIGINAL_HEADERS
 from segmentation.ingest import ingest_csv, ingest_table
-from tests.helpers import query
+from tests.helpers import load_batch, query
 
 ROW = "C1,40.9,0.81,95.4,0,95.4,0,0.16,0,0.08,0,0,2,1000,201.8,139.5,0,12"
 
@@ -24,36 +24,41 @@ def csv_text(rows: list[str], header: tuple[str, ...] = ORIGINAL_HEADERS) -> str
 
 
 def nothing_written(url: str) -> bool:
-    return query(url, "SELECT (SELECT count(*) FROM customers) + "
-                      "(SELECT count(*) FROM ingest_batches)") == [(0,)]
+    return query(url, "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM"
+                      " customers_incoming) + (SELECT count(*) FROM ingest_batches)") == [(0,)]
 
 
-def test_synthetic_file_loads_every_row(db: str, synthetic_csv: Path) -> None:
+def test_synthetic_file_lands_every_row_for_validation(db: str, synthetic_csv: Path) -> None:
     result = ingest_csv(db, synthetic_csv)
-    assert (result.rows_in, result.rows_inserted) == (5_000, 5_000)
-    assert query(db, "SELECT count(*), count(DISTINCT batch_id) FROM customers") == [(5_000, 1)]
-    assert query(db, "SELECT rows_in, rows_inserted FROM ingest_batches") == [(5_000, 5_000)]
+    assert result.rows_in == 5_000
+    assert query(db, "SELECT count(*), count(DISTINCT batch_id) FROM customers_incoming") == \
+        [(5_000, 1)]
+    assert query(db, "SELECT rows_in, status FROM ingest_batches") == [(5_000, "loaded")]
+    assert query(db, "SELECT count(*) FROM customers") == [(0,)], "not before validation"
 
 
-def test_reloading_the_same_file_changes_nothing(db: str, synthetic_csv: Path) -> None:
-    first = ingest_csv(db, synthetic_csv)
-    second = ingest_csv(db, synthetic_csv)
-    assert (second.rows_inserted, second.rows_updated, second.rows_unchanged) == (0, 0, 5_000)
-    assert query(db, "SELECT count(*) FROM customers WHERE batch_id = %s",
-                 (first.batch_id,)) == [(5_000,)]
+def test_accepting_the_same_file_twice_changes_nothing(db: str, synthetic_csv: Path) -> None:
+    load_batch(db, synthetic_csv)
+    first_batch = query(db, "SELECT batch_id FROM customers LIMIT 1")
+    load_batch(db, synthetic_csv)
+    assert query(db, "SELECT rows_inserted, rows_updated FROM ingest_batches"
+                     " ORDER BY loaded_at") == [(5_000, 0), (0, 0)]
+    assert query(db, "SELECT DISTINCT batch_id FROM customers") == first_batch
+    assert query(db, "SELECT count(*) FROM customers_incoming") == [(0,)]
 
 
 def test_changed_rows_are_updated(db: str, tmp_path: Path) -> None:
-    ingest_csv(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])))
-    result = ingest_csv(db, write(tmp_path, csv_text([ROW.replace(",40.9,", ",99.5,")]), "b.csv"))
-    assert (result.rows_updated, result.rows_inserted) == (1, 0)
+    load_batch(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])))
+    load_batch(db, write(tmp_path, csv_text([ROW.replace(",40.9,", ",99.5,")]), "b.csv"))
+    assert query(db, "SELECT rows_inserted, rows_updated FROM ingest_batches"
+                     " ORDER BY loaded_at") == [(2, 0), (0, 1)]
     assert query(db, "SELECT balance FROM customers WHERE customer_id = 'C1'") == [(99.5,)]
 
 
 def test_snake_case_headers_and_nulls(db: str, tmp_path: Path) -> None:
     row = ROW.replace(",139.5,", ",,")  # empty minimum_payments -> NULL
     ingest_csv(db, write(tmp_path, csv_text([row], COLUMNS)))
-    assert query(db, "SELECT minimum_payments, tenure FROM customers") == [(None, 12.0)]
+    assert query(db, "SELECT minimum_payments, tenure FROM customers_incoming") == [(None, 12.0)]
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -104,7 +109,7 @@ def test_text_in_numeric_column_names_column_and_value(db: str, tmp_path: Path) 
 def test_nan_and_inf_strings_load_for_validation_to_judge(db: str, tmp_path: Path) -> None:
     row = ROW.replace(",40.9,", ",NaN,").replace(",1000,", ",inf,")
     ingest_csv(db, write(tmp_path, csv_text([row])))
-    assert query(db, "SELECT balance::text, credit_limit::text FROM customers") == \
+    assert query(db, "SELECT balance::text, credit_limit::text FROM customers_incoming") == \
         [("NaN", "Infinity")]
 
 
@@ -140,7 +145,7 @@ def test_latin1_file_gets_a_hint_then_loads_with_encoding(db: str, tmp_path: Pat
         ingest_csv(db, path)
     assert nothing_written(db)
     ingest_csv(db, path, encoding="latin1")
-    assert query(db, "SELECT customer_id FROM customers") == [("Cé1",)]
+    assert query(db, "SELECT customer_id FROM customers_incoming") == [("Cé1",)]
 
 
 def test_ragged_row_names_the_line(db: str, tmp_path: Path) -> None:
@@ -158,7 +163,7 @@ def test_hostile_ids_are_stored_verbatim(db: str, tmp_path: Path, customer_id: s
     df["CUST_ID"] = [customer_id]
     path = tmp_path / "hostile.csv"
     df.to_csv(path, index=False)
-    ingest_csv(db, path)
+    load_batch(db, path)
     assert query(db, "SELECT customer_id FROM customers") == [(customer_id,)]
     assert query(db, "SELECT to_regclass('customer_segments') IS NOT NULL") == [(True,)]
 
@@ -181,6 +186,6 @@ def test_ingest_from_an_existing_table(db: str, tmp_path: Path) -> None:
                      + ", ".join(f"1.0::float8 AS \"{h}\"" for h in ORIGINAL_HEADERS[1:]))
     result = ingest_table(db, "public.raw_in")
     assert (result.rows_in, result.source) == (1, "table:public.raw_in")
-    assert query(db, "SELECT customer_id, tenure FROM customers") == [("T1", 1.0)]
+    assert query(db, "SELECT customer_id, tenure FROM customers_incoming") == [("T1", 1.0)]
     with pytest.raises(IngestError, match="does not exist"):
         ingest_table(db, "public.no_such_table")

@@ -10,14 +10,13 @@ import pytest
 from segmentation import registry, scoring
 from segmentation.db import connection, conninfo
 from segmentation.errors import RunLocked
-from segmentation.ingest import ingest_csv
-from tests.helpers import query, snapshot_segments
+from tests.helpers import load_batch, query, snapshot_segments
 
 
 @pytest.fixture
 def champion(db: str, trained, models_dir: Path, synthetic_csv: Path):
     """The synthetic customers loaded, and a registered champion."""
-    ingest_csv(db, synthetic_csv)
+    load_batch(db, synthetic_csv)
     model = dataclasses.replace(trained.model, version="m-score-1")
     saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
     with connection(db) as conn:
@@ -61,7 +60,7 @@ def test_incremental_scores_only_new_and_changed(db: str, champion, tmp_path: Pa
     new[0] = "NEW-1"
     changed = tmp_path / "changed.csv"
     changed.write_text("\n".join([header, ",".join(first), ",".join(new)]) + "\n")
-    ingest_csv(db, changed)
+    load_batch(db, changed)
     result = scoring.score_customers(db, champion, champion.names, mode="incremental")
     assert result.rows_in == 2
     assert query(db, "SELECT count(*) FROM customer_segments") == [(5_001,)]

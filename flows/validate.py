@@ -1,0 +1,59 @@
+"""Validation flow: run the data contract on every pending batch, publish artifacts."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import (
+    DB_RETRIES,
+    DB_RETRY_DELAY_S,
+    flow_settings,
+    resolve_database,
+    transient_only,
+)
+from segmentation import reports, validation
+from segmentation.db import connection
+from segmentation.errors import ValidationFailed
+from segmentation.registry import champion_reference
+
+
+@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
+      retry_condition_fn=transient_only)
+def list_pending(url: str) -> list[str]:
+    """Batches landed but not validated yet, oldest first."""
+    with connection(url) as conn:
+        return [str(b) for (b,) in conn.execute(
+            "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
+
+
+@task(cache_policy=NO_CACHE)
+def validate_one(url: str, batch_id: str, max_share: float) -> validation.ValidationReport:
+    """Validate one batch (GX pushed down to PostgreSQL)."""
+    with connection(url) as conn:
+        reference = champion_reference(conn)
+    return validation.validate_batch(url, batch_id, reference=reference,
+                                     max_quarantine_share=max_share)
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(batch_id: str | None = None) -> list[str]:
+    """Validate one batch, or every pending one; fails when a batch breaks the contract."""
+    settings = flow_settings()
+    url = resolve_database(settings)
+    batches = [batch_id] if batch_id else list_pending(url)
+    summaries, failed = [], []
+    for batch in batches:
+        report = validate_one(url, batch, settings.quarantine_max_share)
+        summaries.append(report.summary())
+        get_run_logger().info(report.summary())
+        create_markdown_artifact(markdown=reports.validation_markdown(report),
+                                 key="validation-report", description="Latest validation")
+        create_table_artifact(table=reports.validation_rows(report), key="validation-rules",
+                              description="Rules of the latest validation")
+        if not report.success:
+            failed.append(batch)
+    if failed:
+        raise ValidationFailed(f"batch(es) {', '.join(failed)} failed validation")
+    return summaries or ["no batch waiting for validation"]

@@ -1,0 +1,134 @@
+"""The data contract for `customers`: one rule per business rule, each saying why.
+
+Tiers: `schema` fails the whole batch; `row` quarantines the rows that break it; `warning`
+is recorded and printed but blocks nothing.  The rules are plain data (cheap to import);
+`validation.build_suite` turns them into a Great Expectations suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from segmentation.features import COLUMNS, COUNTS, FEATURES, FREQUENCIES, MONEY
+
+Tier = Literal["schema", "row", "warning"]
+# PostgreSQL sorts NaN and Infinity above every number: an upper bound catches both.
+FINITE_MAX = 1e9
+NUMERIC_TYPES = ["DOUBLE_PRECISION", "DOUBLE PRECISION", "FLOAT", "REAL", "NUMERIC",
+                 "INTEGER", "BIGINT", "SMALLINT"]
+IMPUTED = ("minimum_payments", "credit_limit")
+# The source computes CASH_ADVANCE_FREQUENCY as months-with-advance / tenure and 8 of the
+# 8,950 real customers exceed 1 (max 1.25).  Up to 1.5 is scored with a warning; beyond, or
+# for any other frequency above 1, the row is quarantined.
+CASH_ADVANCE_FREQUENCY_MAX = 1.5
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation with its tier and its reason."""
+
+    key: str
+    tier: Tier
+    expectation: str  # class name in great_expectations.expectations
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    why: str = ""
+
+    @property
+    def column(self) -> str | None:
+        """The column the rule is about, if any."""
+        return self.kwargs.get("column")
+
+
+def _integer_query(column: str) -> str:
+    """Rows whose count column is not a whole number ({batch} is GX's batch placeholder)."""
+    return f"SELECT customer_id, {column} FROM {{batch}} WHERE {column} <> trunc({column})"
+
+
+def contract_rules() -> list[Rule]:
+    """The customers data contract, in the order it is reported."""
+    rules = [
+        Rule("schema.columns", "schema", "ExpectTableColumnsToMatchSet",
+             {"column_set": [*COLUMNS, "batch_id", "loaded_at"], "exact_match": True},
+             "the model and marketing read exactly these columns"),
+        Rule("schema.row_count", "schema", "ExpectTableRowCountToBeBetween", {"min_value": 1},
+             "an empty batch is a broken export, not a quiet night"),
+        Rule("schema.id_not_null", "schema", "ExpectColumnValuesToNotBeNull",
+             {"column": "customer_id"}, "every segment is published per customer id"),
+        Rule("schema.id_unique", "schema", "ExpectColumnValuesToBeUnique",
+             {"column": "customer_id"}, "two rows for one customer cannot both be true"),
+    ]
+    rules += [Rule(f"schema.numeric.{f}", "schema", "ExpectColumnValuesToBeInTypeList",
+                   {"column": f, "type_list": NUMERIC_TYPES}, "the model computes on numbers")
+              for f in FEATURES]
+    rules += [Rule(f"schema.mostly_present.{f}", "schema", "ExpectColumnValuesToNotBeNull",
+                   {"column": f, "mostly": 0.8},
+                   "imputing more than a fifth of a column would invent the segments")
+              for f in IMPUTED]
+    rules += [Rule(f"row.present.{f}", "row", "ExpectColumnValuesToNotBeNull", {"column": f},
+                   "only minimum_payments and credit_limit are imputed, as in the notebook")
+              for f in FEATURES if f not in IMPUTED]
+    rules += [Rule(f"row.money.{f}", "row", "ExpectColumnValuesToBeBetween",
+                   {"column": f, "min_value": 0, "max_value": FINITE_MAX},
+                   "amounts are non-negative and finite (NaN/inf are export errors)")
+              for f in MONEY if f != "credit_limit"]
+    rules.append(Rule("row.credit_limit_positive", "row", "ExpectColumnValuesToBeBetween",
+                      {"column": "credit_limit", "min_value": 0, "strict_min": True,
+                       "max_value": FINITE_MAX},
+                      "a card with no limit cannot exist; missing limits are imputed"))
+    rules += [Rule(f"row.share.{f}", "row", "ExpectColumnValuesToBeBetween",
+                   {"column": f, "min_value": 0, "max_value": 1},
+                   "a frequency or share of payments is a fraction of the period")
+              for f in (*FREQUENCIES, "prc_full_payment") if f != "cash_advance_frequency"]
+    rules.append(Rule("row.share.cash_advance_frequency", "row", "ExpectColumnValuesToBeBetween",
+                      {"column": "cash_advance_frequency", "min_value": 0,
+                       "max_value": CASH_ADVANCE_FREQUENCY_MAX},
+                      "up to 1.5 is a known artifact of the source; beyond is an error"))
+    rules.append(Rule("row.tenure", "row", "ExpectColumnValuesToBeBetween",
+                      {"column": "tenure", "min_value": 6, "max_value": 12},
+                      "the data set covers 6 to 12 months of history"))
+    rules += [Rule(f"row.count.{f}", "row", "ExpectColumnValuesToBeBetween",
+                   {"column": f, "min_value": 0, "max_value": FINITE_MAX},
+                   "transaction counts are non-negative and finite") for f in COUNTS]
+    rules += [Rule(f"row.integer.{f}", "row", "UnexpectedRowsExpectation",
+                   {"unexpected_rows_query": _integer_query(f),
+                    "description": f"{f} is a whole number"},
+                   "a count of transactions has no fractions") for f in COUNTS]
+    rules += [Rule(f"warning.null.{f}", "warning", "ExpectColumnValuesToNotBeNull",
+                   {"column": f}, "imputed at scoring from the model's training means")
+              for f in IMPUTED]
+    rules.append(Rule("warning.cash_advance_frequency_above_1", "warning",
+                      "ExpectColumnValuesToBeBetween",
+                      {"column": "cash_advance_frequency", "min_value": 0, "max_value": 1},
+                      "scored as-is; see CASH_ADVANCE_FREQUENCY_MAX"))
+    rules.append(Rule("warning.purchases_sum", "warning", "UnexpectedRowsExpectation",
+                      {"unexpected_rows_query":
+                       "SELECT customer_id FROM {batch} WHERE abs(oneoff_purchases"
+                       " + installments_purchases - purchases) > 1",
+                       "description": "one-off + instalment purchases equal purchases"},
+                      "the parts should add up; a gap hints at a broken export"))
+    return rules
+
+
+def describe(rule: Rule) -> str:
+    """A rule in words, for messages."""
+    k = rule.kwargs
+    if rule.expectation == "ExpectColumnValuesToBeBetween":
+        low = "(" if k.get("strict_min") else "["
+        high = "inf" if k.get("max_value") == FINITE_MAX else f"{k.get('max_value'):g}"
+        return f"{rule.column} within {low}{k.get('min_value'):g}, {high}]"
+    if rule.expectation == "ExpectColumnValuesToNotBeNull":
+        mostly = k.get("mostly")
+        return (f"{rule.column} present in at least {mostly:.0%} of rows" if mostly
+                else f"{rule.column} is not null")
+    if rule.expectation == "UnexpectedRowsExpectation":
+        return str(k["description"])
+    if rule.expectation == "ExpectColumnValuesToBeUnique":
+        return f"{rule.column} is unique within the batch"
+    if rule.expectation == "ExpectColumnValuesToBeInTypeList":
+        return f"{rule.column} is numeric"
+    if rule.expectation == "ExpectTableColumnsToMatchSet":
+        return "the customers columns, exactly"
+    if rule.expectation == "ExpectTableRowCountToBeBetween":
+        return "at least one row"
+    return rule.key

@@ -1,0 +1,296 @@
+"""Validate a landed batch with Great Expectations, pushed down to PostgreSQL.
+
+GX evaluates the contract (segmentation.contract) on `customers_incoming`, one batch at a
+time (a column-value partition on batch_id), so the data never leaves the database.  Row
+rules return the failing customer ids; those rows go to `customers_quarantine` with every
+rule they broke, the rest are accepted into `customers`.  A schema failure, or more than
+the allowed share quarantined, fails the batch: nothing reaches `customers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Json
+
+from segmentation.contract import Rule, contract_rules, describe
+from segmentation.db import connection, require_schema
+from segmentation.errors import SegmentationError
+from segmentation.features import FEATURES
+from segmentation.ingest import accept_batch
+
+EXAMPLES = 3
+PSI_BANDS = ((0.25, "major shift"), (0.10, "moderate shift"))  # below 0.10: stable
+BATCH_SUBQUERY = "(SELECT * FROM customers_incoming WHERE batch_id = %(batch)s) AS batch"
+
+
+@dataclass
+class RuleOutcome:
+    """What one rule found in the batch."""
+
+    rule: Rule
+    success: bool
+    unexpected: int = 0
+    examples: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One human line: rule, column, rows, examples."""
+        text = f"[{self.rule.tier}] {describe(self.rule)}"
+        if self.unexpected:
+            text += f": {self.unexpected:,} row(s)"
+        if self.examples:
+            text += f", e.g. {', '.join(self.examples)}"
+        return text
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of validating one batch."""
+
+    run_id: str
+    batch_id: str
+    success: bool
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    outcomes: list[RuleOutcome]
+    failures: list[str]
+    warnings: list[str]
+    seconds: float
+
+    def summary(self) -> str:
+        """What ops read: verdict, counts, then each failure and warning."""
+        verdict = "passed" if self.success else "FAILED"
+        lines = [f"batch {self.batch_id}: validation {verdict}; {self.rows_in:,} rows in, "
+                 f"{self.rows_accepted:,} accepted, {self.rows_quarantined:,} quarantined "
+                 f"({self.seconds:.1f}s)"]
+        lines += [f"  failure: {f}" for f in self.failures]
+        label = "quarantined by" if self.success else "row rule broken:"
+        lines += [f"  {label} {o.line()}" for o in self.outcomes
+                  if o.rule.tier == "row" and not o.success]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def build_suite(context: Any, rules: list[Rule]) -> Any:
+    """The GX ExpectationSuite for the rules (each expectation carries its rule in meta)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = context.suites.add(gx.ExpectationSuite(name="customers_contract"))
+    for rule in rules:
+        expectation = getattr(gxe, rule.expectation)(
+            **rule.kwargs, meta={"rule": rule.key, "tier": rule.tier, "why": rule.why})
+        suite.add_expectation(expectation)
+    return suite
+
+
+def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = EXAMPLES
+           ) -> list[dict[str, Any]]:
+    """Run the contract with a GX Checkpoint on the batch; returns per-expectation results."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.core.partitioners import PartitionerColumnValue
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_postgres(name="segmentation", connection_string=url)
+    asset = source.add_table_asset(name="customers_incoming", table_name="customers_incoming")
+    # GX only validates date partitions of SQL assets by default; batch_id is a text key.
+    batches = asset.add_batch_definition(
+        name="by_batch", partitioner=PartitionerColumnValue(column_name="batch_id"),
+        validate_partitioner=False)
+    suite = build_suite(context, rules)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="customers_batch", data=batches, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="customers_contract", validation_definitions=[definition],
+        result_format={"result_format": "COMPLETE",
+                       "unexpected_index_column_names": ["customer_id"],
+                       # GX truncates SQL id lists here: one more than the quarantine
+                       # may hold is enough to decide, and keeps memory bounded
+                       "partial_unexpected_count": max(EXAMPLES, id_limit)}))
+    result = checkpoint.run(batch_parameters={"batch_id": batch_id})
+    outcomes = []
+    for run in result.run_results.values():
+        for item in run.results:
+            config = item.expectation_config
+            assert config is not None and config.meta is not None
+            outcomes.append({"rule": config.meta["rule"],
+                             "success": bool(item.success), "result": item.result,
+                             "error": (item.exception_info or {}).get("exception_message")})
+    return outcomes
+
+
+def _interpret(url: str, batch_id: str, rules: list[Rule],
+               raw: list[dict[str, Any]]) -> list[RuleOutcome]:
+    """GX results -> outcomes with counts, examples and (for row rules) every failing id."""
+    by_key = {r.key: r for r in rules}
+    outcomes = []
+    for item in raw:
+        rule = by_key[item["rule"]]
+        result = item["result"] or {}
+        outcome = RuleOutcome(rule, item["success"])
+        if rule.expectation == "UnexpectedRowsExpectation":  # GX counts; we fetch every id
+            outcome.unexpected = int(result.get("observed_value") or 0)
+            if rule.tier == "row" and outcome.unexpected:
+                outcome.ids = _unexpected_ids(url, batch_id, rule)
+        else:
+            outcome.unexpected = int(result.get("unexpected_count") or 0)
+            index = result.get("unexpected_index_list") or []
+            outcome.ids = [str(row["customer_id"]) for row in index]
+            outcome.examples = [f"{row['customer_id']!r} ({row.get(rule.column)})"
+                                for row in index[:EXAMPLES]]
+        if item.get("error"):
+            outcome.success = False
+            outcome.examples = [f"GX error: {item['error']}"]
+        if rule.expectation == "UnexpectedRowsExpectation" and outcome.ids:
+            outcome.examples = [repr(i) for i in outcome.ids[:EXAMPLES]]
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _unexpected_ids(url: str, batch_id: str, rule: Rule) -> list[str]:
+    """All ids an UnexpectedRowsExpectation flags (GX returns only the first rows)."""
+    query = rule.kwargs["unexpected_rows_query"].replace("{batch}", BATCH_SUBQUERY)
+    with connection(url) as conn:
+        rows = conn.execute(sql.SQL(query), {"batch": batch_id}).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def drift_warnings(conn: psycopg.Connection, batch_id: str,
+                   reference: dict[str, dict[str, list[float]]]) -> list[str]:
+    """PSI of each feature against the champion's training distribution (one table scan)."""
+    if not reference:
+        return []
+    features = [f for f in FEATURES if f in reference]
+    buckets = sql.SQL(", ").join(
+        sql.SQL("width_bucket({}, %s::float8[])").format(sql.Identifier(f)) for f in features)
+    query = sql.SQL(
+        "SELECT f, b, count(*) FROM (SELECT unnest(%s::text[]) AS f, unnest(ARRAY[{}]) AS b"
+        " FROM customers_incoming WHERE batch_id = %s) s WHERE b IS NOT NULL GROUP BY f, b"
+    ).format(buckets)
+    params: list[Any] = [features, *[reference[f]["edges"] for f in features], batch_id]
+    counts: dict[str, dict[int, int]] = {}
+    for feature, bucket, n in conn.execute(query, params):
+        counts.setdefault(feature, {})[int(bucket)] = int(n)
+    warnings = []
+    for feature in features:
+        expected = reference[feature]["proportions"]
+        observed = counts.get(feature, {})
+        total = sum(observed.values())
+        if not total:
+            continue
+        value = psi(expected, [observed.get(i, 0) / total for i in range(len(expected))])
+        for threshold, label in PSI_BANDS:
+            if value >= threshold:
+                warnings.append(f"drift: {feature} PSI {value:.2f} ({label} vs the champion's "
+                                "training data)")
+                break
+    return warnings
+
+
+def psi(expected: list[float], actual: list[float], floor: float = 1e-4) -> float:
+    """Population stability index between two bucket distributions."""
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e, a = max(e, floor), max(a, floor)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutcome]) -> int:
+    """Insert each broken row once, with every row rule it broke; returns the count."""
+    broken: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.rule.tier == "row" and not outcome.success:
+            for cid in outcome.ids:
+                broken.setdefault(cid, []).append(describe(outcome.rule))
+    if not broken:
+        return 0
+    conn.execute(
+        "INSERT INTO customers_quarantine (customer_id, batch_id, raw, rules)"
+        " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at',"
+        "  ARRAY(SELECT jsonb_array_elements_text(r.value))"
+        " FROM jsonb_each(%s::jsonb) r JOIN customers_incoming i"
+        "  ON i.customer_id = r.key AND i.batch_id = %s",
+        (Json(broken), batch_id))
+    return len(broken)
+
+
+def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.05,
+                   reference: dict[str, dict[str, list[float]]] | None = None
+                   ) -> ValidationReport:
+    """Validate a landed batch; accept its good rows or fail it. Records a validation_runs row."""
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    with connection(url) as conn:
+        require_schema(conn)
+        row = conn.execute("SELECT status, rows_in FROM ingest_batches WHERE batch_id = %s",
+                           (batch_id,)).fetchone()
+    if row is None:
+        raise SegmentationError(f"no batch {batch_id!r}")
+    status, rows_in = row
+    if status not in ("loaded", "failed"):
+        raise SegmentationError(f"batch {batch_id} is already {status}")
+    rules = contract_rules()
+    allowed = int(max_quarantine_share * rows_in)
+    outcomes = _interpret(url, batch_id, rules, run_gx(url, batch_id, rules, allowed + 1))
+    failures = [o.line() for o in outcomes if o.rule.tier == "schema" and not o.success]
+    worst = max((o.unexpected for o in outcomes if o.rule.tier == "row"), default=0)
+    warnings = [o.line() for o in outcomes if o.rule.tier == "warning" and not o.success]
+    run_id = str(uuid.uuid4())
+    with connection(url) as conn:
+        warnings += drift_warnings(conn, batch_id, reference or {})
+        quarantined = 0
+        if worst <= allowed and not failures:  # every id list is complete
+            quarantined = _quarantine(conn, batch_id, outcomes)
+        broken = max(worst, quarantined)
+        if broken > allowed:
+            failures.append(f"at least {broken:,} of {rows_in:,} rows ({broken / rows_in:.1%}) "
+                            f"break row rules, more than the allowed {max_quarantine_share:.0%}")
+        success = not failures
+        accepted = 0
+        if success:
+            accept_batch(conn, batch_id)
+            accepted = rows_in - quarantined
+        else:  # nothing of a failed batch reaches customers or the quarantine
+            conn.execute("DELETE FROM customers_quarantine WHERE batch_id = %s", (batch_id,))
+            quarantined = 0
+        conn.execute(
+            "UPDATE ingest_batches SET status = %s, rows_quarantined = %s,"
+            " validated_at = clock_timestamp() WHERE batch_id = %s",
+            ("validated" if success else "failed", quarantined, batch_id))
+        report = ValidationReport(run_id, batch_id, success, rows_in, accepted, quarantined,
+                                  outcomes, failures, warnings,
+                                  round(time.perf_counter() - started, 3))
+        conn.execute(
+            "INSERT INTO validation_runs (run_id, batch_id, started_at, finished_at, success,"
+            " rows_in, rows_accepted, rows_quarantined, counts, failures, warnings, gx_summary)"
+            " VALUES (%s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run_id, batch_id, started_at, success, rows_in, accepted, quarantined,
+             Json({o.rule.key: o.unexpected for o in outcomes}), Json(failures),
+             Json(warnings),
+             Json({"expectations": len(outcomes),
+                   "successful": sum(o.success for o in outcomes),
+                   "results": [{"rule": o.rule.key, "tier": o.rule.tier, "success": o.success,
+                                "unexpected": o.unexpected, "examples": o.examples}
+                               for o in outcomes]})))
+    return report
+
+
+def pending_batches(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Batches that block scoring: never validated, or failed and not discarded."""
+    return [(str(b), str(s)) for b, s in conn.execute(
+        "SELECT batch_id, status FROM ingest_batches WHERE status IN ('loaded', 'failed')"
+        " ORDER BY loaded_at")]
