@@ -23,15 +23,15 @@ test-fast: install                     ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check segmentation flows streamlit_app tests
+	$(BIN)/ruff check segmentation flows streamlit_app tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy
 
 check: lint typecheck test             ## everything CI runs
 
-bench: install                         ## scoring benchmark (1M rows by default)
-	$(BIN)/python benchmarks/bench_scoring.py
+bench: install                         ## validation vs raw COPY at 1M rows
+	$(BIN)/python benchmarks/bench_validation.py
 
 app: install
 	$(BIN)/segmentation app

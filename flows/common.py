@@ -27,8 +27,12 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+# A task that talks to the database: retried on transient errors only, never cached.
+db_task = task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
+               retry_condition_fn=transient_only)
+
+
+@db_task
 def resolve_database(settings: Settings) -> str:
     """The database URL (starting the embedded server if none is configured)."""
     return resolve_url(settings)

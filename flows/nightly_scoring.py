@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
-from flows.common import (
-    DB_RETRIES,
-    DB_RETRY_DELAY_S,
-    flow_settings,
-    resolve_database,
-    transient_only,
-)
+from flows.common import db_task, flow_settings, resolve_database
 from segmentation import registry, reports, scoring
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def load_champion(url: str) -> tuple[SegmentationModel, dict[int, str]]:
     """The champion model (sha256-checked) and its segment names with ops' overrides."""
     with connection(url) as conn:
@@ -29,8 +21,7 @@ def load_champion(url: str) -> tuple[SegmentationModel, dict[int, str]]:
         return model, registry.apply_name_overrides(conn, model)
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def score_customers(url: str, model: SegmentationModel, names: dict[int, str],
                     mode: Literal["full", "incremental"], chunk_rows: int,
                     wait: bool) -> scoring.ScoreResult:

@@ -9,27 +9,19 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (
-    DB_RETRIES,
-    DB_RETRY_DELAY_S,
-    flow_settings,
-    resolve_database,
-    transient_only,
-)
+from flows.common import db_task, flow_settings, resolve_database
 from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def load_training_frame(url: str, sample_size: int | None, random_state: int) -> pd.DataFrame:
     """Customers eligible for training."""
     return training.load_training_frame(url, sample_size, random_state)
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def load_champion(url: str) -> SegmentationModel | None:
     """The current champion, to align segment ids with (None on the first run)."""
     with connection(url) as conn:
@@ -52,8 +44,7 @@ def save_model(result: training.TrainingResult, models_dir: str) -> registry.Sav
     return registry.save_version(result.model, result.metrics, result.sizes, Path(models_dir))
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def register_model(url: str, saved: registry.SavedVersion, result: training.TrainingResult,
                    force: bool) -> str:
     """Register the version and promote it when the gates hold (or --force)."""

@@ -6,21 +6,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import (
-    DB_RETRIES,
-    DB_RETRY_DELAY_S,
-    flow_settings,
-    resolve_database,
-    transient_only,
-)
+from flows.common import db_task, flow_settings, resolve_database
 from segmentation import reports, validation
 from segmentation.db import connection
 from segmentation.errors import ValidationFailed
 from segmentation.registry import champion_reference
 
 
-@task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-      retry_condition_fn=transient_only)
+@db_task
 def list_pending(url: str) -> list[str]:
     """Batches landed but not validated yet, oldest first."""
     with connection(url) as conn:

@@ -143,18 +143,22 @@ def _describe_copy_error(exc: psycopg.Error) -> str:
 
 
 def _check_ids(conn: psycopg.Connection) -> None:
-    """customer_id present and unique within the batch, or the batch is refused."""
-    nulls = conn.execute(
-        "SELECT count(*) FROM landing WHERE customer_id IS NULL OR btrim(customer_id) = ''"
-    ).fetchone()
-    if nulls and nulls[0]:
-        raise IngestError(f"customer_id is empty on {nulls[0]} row(s); every row needs an id")
-    long_ids = conn.execute(
-        "SELECT count(*), min(left(customer_id, 20)) FROM landing WHERE length(customer_id) > %s",
-        (MAX_ID_LENGTH,)).fetchone()
-    if long_ids and long_ids[0]:
-        raise IngestError(f"customer_id longer than {MAX_ID_LENGTH} characters on {long_ids[0]} "
-                          f"row(s), e.g. {long_ids[1]!r}...")
+    """customer_id present and short enough to be a key, or the batch is refused."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE customer_id IS NULL OR btrim(customer_id) = ''),"
+        " count(*) FILTER (WHERE length(customer_id) > %s),"
+        " min(left(customer_id, 20)) FILTER (WHERE length(customer_id) > %s) FROM landing",
+        (MAX_ID_LENGTH, MAX_ID_LENGTH)).fetchone()
+    assert row is not None
+    if row[0]:
+        raise IngestError(f"customer_id is empty on {row[0]} row(s); every row needs an id")
+    if row[1]:
+        raise IngestError(f"customer_id longer than {MAX_ID_LENGTH} characters on {row[1]} "
+                          f"row(s), e.g. {row[2]!r}...")
+
+
+def _explain_duplicates(conn: psycopg.Connection) -> None:
+    """After a key violation: name the duplicated ids (customer_id unique within a batch)."""
     dupes = conn.execute(
         "SELECT customer_id, count(*) FROM landing GROUP BY customer_id HAVING count(*) > 1"
         " ORDER BY count(*) DESC, customer_id LIMIT 3"
@@ -243,13 +247,20 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
     if rows_in == 0:
         raise IngestError(f"{source}: no data rows (header only); nothing loaded")
     _check_ids(conn)
-    _check_numbers(conn)
     conn.execute(
         "INSERT INTO ingest_batches (batch_id, source, rows_in, rows_inserted, rows_updated,"
         " warnings) VALUES (%s, %s, %s, 0, 0, %s::jsonb)",
         (batch_id, source, rows_in, Json(warnings)),
     )
-    _land(conn, batch_id)
+    try:  # the fast path casts directly; the slow diagnosis runs only when a cast fails
+        with conn.transaction():
+            _land(conn, batch_id)
+    except psycopg.errors.InvalidTextRepresentation:
+        _check_numbers(conn)
+        raise
+    except psycopg.errors.UniqueViolation:
+        _explain_duplicates(conn)
+        raise
     return IngestResult(batch_id, source, rows_in, warnings)
 
 

@@ -39,3 +39,18 @@ def load_batch(url: str, path: Path):  # type: ignore[no-untyped-def]
     report = validate_batch(url, ingest_csv(url, path).batch_id)
     assert report.success, report.summary()
     return report
+
+
+def register_champion(url: str, trained, models_dir: Path, version: str):  # type: ignore[no-untyped-def]
+    """Save the shared trained model under `version`, register and promote it."""
+    import dataclasses
+
+    from segmentation import registry
+    from segmentation.db import connection
+
+    model = dataclasses.replace(trained.model, version=version)  # the fixture is shared
+    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    with connection(url) as conn:
+        registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
+        registry.promote(conn, version)
+    return model

@@ -1,14 +1,12 @@
 """The Streamlit app against a real database (AppTest, no browser)."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from segmentation import registry, scoring
-from segmentation.db import connection
-from tests.helpers import load_batch
+from segmentation import scoring
+from tests.helpers import load_batch, register_champion
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 
@@ -17,11 +15,7 @@ APP = str(Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py")
 def scored_db(db: str, trained, models_dir: Path, synthetic_csv: Path,
               monkeypatch: pytest.MonkeyPatch) -> str:
     load_batch(db, synthetic_csv)
-    model = dataclasses.replace(trained.model, version="m-app-1")
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
-    with connection(db) as conn:
-        registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
-        registry.promote(conn, model.version)
+    model = register_champion(db, trained, models_dir, "m-app-1")
     scoring.score_customers(db, model, model.names, mode="full")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
     return db

@@ -7,22 +7,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from segmentation import registry, scoring
+from segmentation import scoring
 from segmentation.db import connection, conninfo
 from segmentation.errors import RunLocked
-from tests.helpers import load_batch, query, snapshot_segments
+from tests.helpers import load_batch, query, register_champion, snapshot_segments
 
 
 @pytest.fixture
 def champion(db: str, trained, models_dir: Path, synthetic_csv: Path):
     """The synthetic customers loaded, and a registered champion."""
     load_batch(db, synthetic_csv)
-    model = dataclasses.replace(trained.model, version="m-score-1")
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
-    with connection(db) as conn:
-        registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
-        registry.promote(conn, model.version)
-    return model
+    return register_champion(db, trained, models_dir, "m-score-1")
 
 
 def test_full_run_scores_every_customer_once(db: str, champion, synthetic_frame) -> None:

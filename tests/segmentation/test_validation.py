@@ -1,6 +1,5 @@
 """The data contract: each kind of bad input gets its own message and loses nothing."""
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from segmentation.errors import IngestError, ValidationFailed
 from segmentation.features import ORIGINAL_HEADERS
 from segmentation.ingest import ingest_csv
 from segmentation.validation import psi, validate_batch
-from tests.helpers import load_batch, query, snapshot_segments
+from tests.helpers import load_batch, query, register_champion, snapshot_segments
 
 ROW = "C1,40.9,0.81,95.4,0,95.4,0,0.16,0,0.08,0,0,2,1000,201.8,139.5,0,12"
 HEADER = ",".join(ORIGINAL_HEADERS)
@@ -35,11 +34,7 @@ def rows(n: int, start: int = 1, **overrides: str) -> list[str]:
 def scored(db: str, trained, models_dir: Path, synthetic_csv: Path) -> list[tuple]:
     """A scored baseline: 5,000 customers, a champion, customer_segments published."""
     load_batch(db, synthetic_csv)
-    model = dataclasses.replace(trained.model, version="m-val-1")
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
-    with connection(db) as conn:
-        registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
-        registry.promote(conn, model.version)
+    model = register_champion(db, trained, models_dir, "m-val-1")
     scoring.score_customers(db, model, model.names, mode="full")
     return snapshot_segments(db)
 
