@@ -6,11 +6,13 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from flows.common import db_task, flow_settings, resolve_database
-from segmentation import registry, reports, scoring
+from segmentation import registry, reports, scoring, validation
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
+from segmentation.errors import DriftDetected
 
 
 @db_task
@@ -46,7 +48,21 @@ def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool 
                              description="Latest scoring run")
     summary = reports.scoring_summary(result)
     get_run_logger().info(summary)
+    mix = segment_mix(url)
+    if mix is not None and mix >= validation.MAJOR_DRIFT:  # published, but say it loudly
+        emit_event(event="segmentation.drift.detected",
+                   resource={"prefect.resource.id": f"segmentation.model.{model.version}"},
+                   payload={"kind": "segment-mix", "psi": mix})
+        raise DriftDetected(f"segment mix PSI {mix:.2f} >= {validation.MAJOR_DRIFT} against "
+                            f"model {model.version}'s training shares: consider a retrain")
     return summary
+
+
+@db_task
+def segment_mix(url: str) -> float | None:
+    """Segment-mix PSI of the published table against the champion's training shares."""
+    with connection(url) as conn:
+        return validation.segment_mix_psi(conn)
 
 
 @flow(name="nightly", log_prints=True)

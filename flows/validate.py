@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from flows.common import db_task, flow_settings, resolve_database
 from segmentation import reports, validation
 from segmentation.db import connection
-from segmentation.errors import ValidationFailed
+from segmentation.errors import DriftDetected, ValidationFailed
 from segmentation.registry import champion_reference
 
 
@@ -37,6 +38,7 @@ def validate_flow(batch_id: str | None = None) -> list[str]:
     url = resolve_database(settings)
     batches = [batch_id] if batch_id else list_pending(url)
     summaries, failed = [], []
+    drifted: dict[str, dict[str, float]] = {}
     for batch in batches:
         report = validate_one(url, batch, settings.quarantine_max_share)
         summaries.append(report.summary())
@@ -47,6 +49,16 @@ def validate_flow(batch_id: str | None = None) -> list[str]:
                               description="Rules of the latest validation")
         if not report.success:
             failed.append(batch)
+        if report.major_drift():
+            drifted[batch] = report.major_drift()
     if failed:
         raise ValidationFailed(f"batch(es) {', '.join(failed)} failed validation")
+    if drifted:  # accepted, but the model may no longer describe these customers
+        for batch, features in drifted.items():
+            emit_event(event="segmentation.drift.detected",
+                       resource={"prefect.resource.id": f"segmentation.batch.{batch}"},
+                       payload={"kind": "feature", "psi": features})
+        raise DriftDetected("major drift (PSI >= 0.25) in " + "; ".join(
+            f"batch {b}: " + ", ".join(f"{f} {v:.2f}" for f, v in fs.items())
+            for b, fs in drifted.items()) + ": consider `segmentation train`")
     return summaries or ["no batch waiting for validation"]

@@ -51,6 +51,12 @@ def db_migrate() -> None:
     applied = apply_migrations(url)
     typer.echo(f"{mask_url(url)}: " + (f"applied {', '.join(applied)}" if applied
                                        else "schema up to date"))
+    password = os.environ.get("SEGMENTATION_MARKETING_PASSWORD")
+    if password:
+        from segmentation.db import set_marketing_password
+
+        set_marketing_password(url, password)
+        typer.echo("marketing_ro may log in (password from SEGMENTATION_MARKETING_PASSWORD)")
 
 
 @db_app.command("url")
@@ -239,6 +245,23 @@ def nightly(
     typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode)))
 
 
+alerts_app = typer.Typer(help="Prefect automations that notify ops.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("install")
+def alerts_install() -> None:
+    """Install the failed-run and drift automations (webhook from
+    SEGMENTATION_ALERT_WEBHOOK_URL) on the Prefect server in PREFECT_API_URL."""
+    from flows.alerts import install_automations, save_webhook_block
+
+    webhook = os.environ.get("SEGMENTATION_ALERT_WEBHOOK_URL")
+    if not webhook:
+        raise SegmentationError("set SEGMENTATION_ALERT_WEBHOOK_URL to the webhook to notify")
+    for name in install_automations(save_webhook_block(webhook)):
+        typer.echo(f"installed automation {name!r}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Model versions, newest first."""
@@ -317,6 +340,24 @@ def models_rename(segment_id: int, name: str) -> None:
     typer.echo(f"segment {segment_id} is now called {name.strip()!r}")
 
 
+@models_app.command("export-sql")
+def models_export_sql(version: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Install segment_for(...) in the database: the champion's scoring as SQL."""
+    from segmentation.db import connection
+    from segmentation.registry import load_version
+    from segmentation.sqlexport import install_segment_for
+
+    with connection(_url()) as conn:
+        model = load_version(conn, version)
+        install_segment_for(conn, model)
+    typer.echo(f"installed segment_for(...) for model {model.version}; e.g.\n"
+               "  SELECT customer_id, segment_for(balance, balance_frequency, purchases, "
+               "oneoff_purchases, installments_purchases, cash_advance, purchases_frequency, "
+               "oneoff_purchases_frequency, purchases_installments_frequency, "
+               "cash_advance_frequency, cash_advance_trx, purchases_trx, credit_limit, "
+               "payments, minimum_payments, prc_full_payment, tenure) FROM customers;")
+
+
 @models_app.command("rollback")
 def models_rollback() -> None:
     """Restore the previous champion."""
@@ -379,7 +420,8 @@ def run_app(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501)
     script = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
     env = {**os.environ, "SEGMENTATION_DATABASE_URL": url}
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer"]
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 

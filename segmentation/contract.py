@@ -133,3 +133,28 @@ def describe(rule: Rule) -> str:
     if rule.expectation == "ExpectTableRowCountToBeBetween":
         return "at least one row"
     return rule.key
+
+
+def check_values(values: dict[str, float | None]) -> dict[str, str]:
+    """One customer's features against the row rules (the app's form); column -> message."""
+    problems: dict[str, str] = {}
+    for rule in contract_rules():
+        column = rule.column
+        if rule.tier != "row" or column not in values or column in problems:
+            continue
+        value = values[column]
+        k = rule.kwargs
+        if rule.expectation == "ExpectColumnValuesToNotBeNull":
+            broken = value is None
+        elif rule.expectation == "ExpectColumnValuesToBeBetween" and value is not None:
+            low_ok = value > k["min_value"] if k.get("strict_min") else value >= k["min_value"]
+            broken = not (low_ok and value <= k["max_value"]) or value != value  # NaN
+        else:
+            continue
+        if broken:
+            problems[column] = f"must satisfy: {describe(rule)} ({rule.why})"
+    for column in COUNTS:
+        value = values.get(column)
+        if value is not None and column not in problems and value != int(value):
+            problems[column] = "must be a whole number (a count of transactions)"
+    return problems

@@ -133,6 +133,15 @@ def apply_migrations(url: str, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
+def set_marketing_password(url: str, password: str) -> None:
+    """Let marketing_ro log in with a password taken from the environment."""
+    from psycopg import sql
+
+    with connection(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE marketing_ro LOGIN PASSWORD {}")
+                     .format(sql.Literal(password)))
+
+
 def require_schema(conn: psycopg.Connection) -> None:
     """Fail with a clear message when `segmentation db migrate` has not run."""
     row = conn.execute("SELECT to_regclass('public.customers') IS NOT NULL").fetchone()

@@ -17,5 +17,9 @@ class ModelError(SegmentationError):
     """No usable model: missing, tampered with, or from another scikit-learn."""
 
 
+class DriftDetected(SegmentationError):
+    """Data or segment mix moved past the major-shift PSI band: the model may be stale."""
+
+
 class RunLocked(SegmentationError):
     """Another scoring run holds the lock."""

@@ -116,6 +116,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         "reference": reference_distribution(x),
         "imputation_means": dict(zip(FEATURES, map(float, pipeline[0].statistics_),
                                      strict=True)),
+        "medians": dict(zip(FEATURES, map(float, np.nanmedian(x, axis=0)), strict=True)),
         "alignment": {
             "champion": champion.version if champion else None,
             "label_to_segment": [int(m) for m in mapping],

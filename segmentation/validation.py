@@ -67,6 +67,11 @@ class ValidationReport:
     warnings: list[str]
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)
+
+    def major_drift(self) -> dict[str, float]:
+        """Features whose PSI is in the 'major shift' band."""
+        return {f: v for f, v in self.drift.items() if v >= MAJOR_DRIFT}
 
     def summary(self) -> str:
         """What ops read: verdict, counts, then each failure and warning."""
@@ -176,11 +181,17 @@ def _unexpected_ids(url: str, batch_id: str, rule: Rule) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def drift_warnings(conn: psycopg.Connection, batch_id: str,
-                   reference: dict[str, dict[str, list[float]]]) -> list[str]:
+MAJOR_DRIFT = PSI_BANDS[0][0]
+# PSI over ten buckets is noise on small batches (10 rows of the same population score
+# > 1): below this many rows drift is not measured, and the report says so.
+MIN_DRIFT_ROWS = 500
+
+
+def feature_psi(conn: psycopg.Connection, batch_id: str,
+                reference: dict[str, dict[str, list[float]]]) -> dict[str, float]:
     """PSI of each feature against the champion's training distribution (one table scan)."""
     if not reference:
-        return []
+        return {}
     features = [f for f in FEATURES if f in reference]
     buckets = sql.SQL(", ").join(
         sql.SQL("width_bucket({}, %s::float8[])").format(sql.Identifier(f)) for f in features)
@@ -192,20 +203,40 @@ def drift_warnings(conn: psycopg.Connection, batch_id: str,
     counts: dict[str, dict[int, int]] = {}
     for feature, bucket, n in conn.execute(query, params):
         counts.setdefault(feature, {})[int(bucket)] = int(n)
-    warnings = []
+    values = {}
     for feature in features:
         expected = reference[feature]["proportions"]
         observed = counts.get(feature, {})
         total = sum(observed.values())
-        if not total:
-            continue
-        value = psi(expected, [observed.get(i, 0) / total for i in range(len(expected))])
+        if total:
+            values[feature] = psi(expected,
+                                  [observed.get(i, 0) / total for i in range(len(expected))])
+    return values
+
+
+def drift_warnings(values: dict[str, float]) -> list[str]:
+    """PSI values in words, with the usual bands (0.10 moderate, 0.25 major)."""
+    warnings = []
+    for feature, value in values.items():
         for threshold, label in PSI_BANDS:
             if value >= threshold:
                 warnings.append(f"drift: {feature} PSI {value:.2f} ({label} vs the champion's "
                                 "training data)")
                 break
     return warnings
+
+
+def segment_mix_psi(conn: psycopg.Connection) -> float | None:
+    """PSI of today's segment shares against the champion's training shares."""
+    rows = conn.execute(
+        "SELECT p.share, coalesce(c.n, 0)::float8 / nullif(sum(coalesce(c.n, 0)) OVER (), 0)"
+        " FROM segment_profiles p JOIN model_versions m ON m.version = p.version"
+        " AND m.status = 'champion' LEFT JOIN (SELECT segment_id, count(*) AS n"
+        " FROM customer_segments GROUP BY segment_id) c ON c.segment_id = p.segment_id"
+        " ORDER BY p.segment_id").fetchall()
+    if not rows or rows[0][1] is None:
+        return None
+    return psi([r[0] for r in rows], [r[1] for r in rows])
 
 
 def psi(expected: list[float], actual: list[float], floor: float = 1e-4) -> float:
@@ -268,7 +299,10 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
     warnings = [o.line() for o in outcomes if o.rule.tier == "warning" and not o.success]
     run_id = str(uuid.uuid4())
     with connection(url) as conn:
-        warnings += drift_warnings(conn, batch_id, reference or {})
+        drift = feature_psi(conn, batch_id, reference or {}) if rows_in >= MIN_DRIFT_ROWS else {}
+        warnings += drift_warnings(drift)
+        if reference and rows_in < MIN_DRIFT_ROWS:
+            warnings.append(f"drift not measured: {rows_in} rows < {MIN_DRIFT_ROWS}")
         quarantined = 0
         if worst <= allowed and not failures:  # every id list is complete
             quarantined = _quarantine(conn, batch_id, outcomes)
@@ -293,7 +327,8 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
                                   outcomes, failures, warnings,
                                   round(time.perf_counter() - started, 3),
                                   {"gx_s": round(gx_seconds, 3),
-                                   "accept_s": round(time.perf_counter() - accept_started, 3)})
+                                   "accept_s": round(time.perf_counter() - accept_started, 3)},
+                                  drift)
         conn.execute(
             "INSERT INTO validation_runs (run_id, batch_id, started_at, finished_at, success,"
             " rows_in, rows_accepted, rows_quarantined, counts, failures, warnings, gx_summary)"

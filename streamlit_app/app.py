@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 
 from segmentation.clustering import SegmentationModel
 from segmentation.config import load_settings, mask_url
+from segmentation.contract import CASH_ADVANCE_FREQUENCY_MAX
 from segmentation.db import connection, resolve_url, sa_engine
 from segmentation.errors import SegmentationError
 from segmentation.features import COUNTS, FEATURES, FREQUENCIES
@@ -39,6 +40,8 @@ def get_model(url: str, version: str) -> SegmentationModel:
 
 def bounds(feature: str) -> tuple[float, float | None]:
     """Input bounds that match the data contract."""
+    if feature == "cash_advance_frequency":
+        return 0.0, CASH_ADVANCE_FREQUENCY_MAX
     if feature in FREQUENCIES or feature == "prc_full_payment":
         return 0.0, 1.0
     if feature == "tenure":
@@ -46,7 +49,16 @@ def bounds(feature: str) -> tuple[float, float | None]:
     return 0.0, None
 
 
-def overview(engine: Engine) -> None:
+def projected_sample(engine: Engine, url: str, version: str) -> pd.DataFrame:
+    """A sample of scored customers projected on the model's two PCA axes."""
+    sample = data.sample_customers(engine)
+    model = get_model(url, version)
+    points = model.pca.transform(model.standardize(sample))
+    return pd.DataFrame({"pc1": points[:, 0], "pc2": points[:, 1],
+                         "segment": sample["segment_id"].astype(str)})
+
+
+def overview(engine: Engine, url: str) -> None:
     st.header("Segments")
     segments = data.champion_segments(engine)
     if segments.empty or segments["customers"].sum() == 0:
@@ -59,9 +71,17 @@ def overview(engine: Engine) -> None:
     st.bar_chart(data.centroids_z(engine).T)
     moves = data.segment_sizes_by_run(engine)
     if not moves.empty:
-        st.subheader("Customers entering each segment, by run")
-        st.bar_chart(moves.pivot_table(index="started_at", columns="segment_id",
-                                       values="moved_in", fill_value=0))
+        st.subheader("Segment sizes over the last scoring runs")
+        st.line_chart(moves.pivot_table(index="started_at", columns="segment_id",
+                                        values="customers").ffill())
+    movement = data.movement_last_run(engine)
+    if not movement.empty:
+        st.subheader("Movement in the latest run (from -> to)")
+        st.dataframe(movement.pivot_table(index="from_segment", columns="to_segment",
+                                          values="customers", fill_value=0))
+    st.subheader("Customers on the first two principal components")
+    st.scatter_chart(projected_sample(engine, url, str(segments["version"].iloc[0])),
+                     x="pc1", y="pc2", color="segment")
     chosen = st.multiselect("Export the customers of segments", list(segments["segment_id"]))
     if chosen:
         export = data.export_segments(engine, [int(s) for s in chosen])
@@ -99,27 +119,41 @@ def predict(engine: Engine, url: str) -> None:
         st.info("No champion model yet: run `segmentation train`.")
         return
     model = get_model(url, str(champion["version"].iloc[0]))
-    means = model.info.get("metrics", {}).get("imputation_means", {})
+    metrics = model.info.get("metrics", {})
+    means = metrics.get("medians") or metrics.get("imputation_means", {})  # training medians
     with st.form("predict"):
         values = {}
         columns = st.columns(3)
         for i, feature in enumerate(FEATURES):
             low, high = bounds(feature)
             default = float(min(max(means.get(feature, low), low), high or float("inf")))
-            step = 1.0 if feature in COUNTS or feature == "tenure" else None
+            whole = feature in COUNTS or feature == "tenure"
+            default = float(round(default)) if whole else default
+            step = 1.0 if whole else 0.01
             values[feature] = columns[i % 3].number_input(
-                feature, min_value=low, max_value=high, value=default, step=step,
-                key=f"f_{feature}")
+                f"{feature} ({low:g} to {high:g})" if high is not None else f"{feature} (>= 0)",
+                value=default, step=step, key=f"f_{feature}")
         submitted = st.form_submit_button("Predict")
     if submitted:
+        from segmentation.contract import check_values
         from segmentation.tree import decision_path
 
+        problems = check_values(values)
+        if problems:  # the same row rules as the nightly batch: no prediction
+            for feature, message in problems.items():
+                st.error(f"{feature} {message}")
+            return
         row = pd.DataFrame([values])
         segment = int(model.predict(row)[0])
         _, steps = decision_path(model, row)
         st.success(f"Segment {segment}: {model.names.get(segment, '?')}")
         st.caption(model.profiles.get(segment, ""))
         st.markdown("**Decision path:** " + " and ".join(f"`{s}`" for s in steps))
+        point = model.pca.transform(model.standardize(row))[0]
+        scatter = projected_sample(engine, url, model.version)
+        here = pd.DataFrame({"pc1": [point[0]], "pc2": [point[1]], "segment": ["this customer"]})
+        st.scatter_chart(pd.concat([scatter, here], ignore_index=True), x="pc1", y="pc2",
+                         color="segment")
 
 
 def models_and_runs(engine: Engine) -> None:
@@ -127,6 +161,8 @@ def models_and_runs(engine: Engine) -> None:
     st.dataframe(data.model_versions(engine), hide_index=True)
     st.header("Scoring runs")
     st.dataframe(data.scoring_runs(engine), hide_index=True)
+    st.header("Validation runs")
+    st.dataframe(data.validation_runs(engine), hide_index=True)
 
 
 def main() -> None:
@@ -136,7 +172,7 @@ def main() -> None:
         engine = get_engine(url)
         tabs = st.tabs(["Overview", "Lookup", "Predict", "Models and runs"])
         with tabs[0]:
-            overview(engine)
+            overview(engine, url)
         with tabs[1]:
             lookup(engine, url)
         with tabs[2]:

@@ -27,13 +27,20 @@ def champion_segments(engine: Engine) -> pd.DataFrame:
 
 
 def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:
-    """Customers per segment after each of the last runs (from history)."""
+    """Customers per segment after each of the last runs: the running sum of net moves."""
     return pd.read_sql(text(
-        "SELECT r.started_at, h.new_segment_id AS segment_id, count(*) AS moved_in"
-        " FROM segment_history h JOIN scoring_runs r USING (run_id)"
-        " WHERE r.run_id IN (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
-        "  ORDER BY started_at DESC LIMIT :runs)"
-        " GROUP BY 1, 2 ORDER BY 1, 2"), engine, params={"runs": runs})
+        "WITH moves AS ("
+        " SELECT run_id, new_segment_id AS segment_id, 1 AS delta FROM segment_history"
+        " UNION ALL SELECT run_id, old_segment_id, -1 FROM segment_history"
+        "  WHERE old_segment_id IS NOT NULL),"
+        " net AS (SELECT r.started_at, m.segment_id, sum(m.delta) AS delta FROM moves m"
+        "  JOIN scoring_runs r USING (run_id) WHERE r.status = 'succeeded' GROUP BY 1, 2),"
+        " sized AS (SELECT started_at, segment_id, sum(delta) OVER (PARTITION BY segment_id"
+        "  ORDER BY started_at) AS customers FROM net)"
+        " SELECT * FROM sized WHERE started_at >= coalesce((SELECT min(started_at) FROM"
+        "  (SELECT started_at FROM scoring_runs WHERE status = 'succeeded'"
+        "   ORDER BY started_at DESC LIMIT :runs) last), '-infinity')"
+        " ORDER BY started_at, segment_id"), engine, params={"runs": runs})
 
 
 def centroids_z(engine: Engine) -> pd.DataFrame:
@@ -85,3 +92,29 @@ def export_segments(engine: Engine, segment_ids: list[int]) -> pd.DataFrame:
         "SELECT customer_id, segment_id, segment_name, model_version, scored_at"
         " FROM customer_segments WHERE segment_id = ANY(:ids) ORDER BY customer_id"),
         engine, params={"ids": segment_ids})
+
+
+def movement_last_run(engine: Engine) -> pd.DataFrame:
+    """From/to segment counts of the latest successful run (new customers: from = none)."""
+    return pd.read_sql(text(
+        "SELECT coalesce(h.old_segment_id::text, 'new') AS from_segment,"
+        " h.new_segment_id AS to_segment, count(*) AS customers FROM segment_history h"
+        " WHERE h.run_id = (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
+        "  ORDER BY started_at DESC LIMIT 1)"
+        " GROUP BY 1, 2 ORDER BY 1, 2"), engine)
+
+
+def sample_customers(engine: Engine, n: int = 2_000) -> pd.DataFrame:
+    """A reproducible sample of scored customers with their features (for the scatter)."""
+    columns = ", ".join(f"c.{f}" for f in FEATURES)
+    return pd.read_sql(text(
+        f"SELECT s.segment_id, {columns} FROM customer_segments s JOIN customers c"
+        " USING (customer_id) ORDER BY md5(s.customer_id) LIMIT :n"), engine, params={"n": n})
+
+
+def validation_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
+    """Recent validation runs."""
+    return pd.read_sql(text(
+        "SELECT batch_id, started_at, success, rows_in, rows_accepted, rows_quarantined,"
+        " failures, warnings FROM validation_runs ORDER BY started_at DESC LIMIT :n"),
+        engine, params={"n": limit})

@@ -55,3 +55,32 @@ def test_overview_lookup_and_predict(scored_db: str, trained, synthetic_frame) -
     assert any("No scored customer" in w.value for w in at.warning)
     at.button[0].click().run()  # the form's submit button
     assert at.success and at.success[0].value.startswith("Segment ")
+
+
+def test_invalid_form_input_names_the_field_and_predicts_nothing(scored_db: str) -> None:
+    at = run_app()
+    at.number_input(key="f_purchases_frequency").set_value(1.7)
+    at.number_input(key="f_tenure").set_value(3.0)
+    at.button[0].click().run()
+    errors = " ".join(e.value for e in at.error)
+    assert "purchases_frequency must satisfy: purchases_frequency within [0, 1]" in errors
+    assert "tenure must satisfy: tenure within [6, 12]" in errors
+    assert not at.success
+
+
+def test_models_page_lists_validation_runs(scored_db: str) -> None:
+    at = run_app()
+    headers = [h.value for h in at.header]
+    assert "Validation runs" in headers and "Scoring runs" in headers
+
+
+def test_sizes_over_runs_follow_the_history(scored_db: str) -> None:
+    from segmentation.db import sa_engine
+    from streamlit_app.data import segment_sizes_by_run
+    from tests.helpers import query
+
+    sizes = segment_sizes_by_run(sa_engine(scored_db))
+    current = dict(query(scored_db, "SELECT segment_id, count(*) FROM customer_segments"
+                                    " GROUP BY 1"))
+    last = sizes.sort_values("started_at").groupby("segment_id")["customers"].last()
+    assert {int(k): int(v) for k, v in last.items()} == current

@@ -180,3 +180,10 @@ def test_psi_bands() -> None:
     same = [0.1] * 10
     assert psi(same, same) == pytest.approx(0)
     assert psi(same, [0.3, 0.3] + [0.05] * 8) > 0.25
+
+
+def test_small_batches_do_not_claim_drift(db: str, scored, tmp_path: Path) -> None:
+    reference = {"balance": {"edges": [1.0, 2.0], "proportions": [0.9, 0.05, 0.05]}}
+    batch = ingest_csv(db, write(tmp_path, HEADER + "\n" + "\n".join(rows(10)) + "\n"))
+    report = validate_batch(db, batch.batch_id, reference=reference)
+    assert report.drift == {} and "drift not measured: 10 rows < 500" in report.summary()

@@ -1,0 +1,90 @@
+"""A real browser: `streamlit run` against a scored test database, driven by Chromium."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from segmentation import scoring
+from tests.helpers import ROOT, load_batch, register_champion
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def app_url(db: str, trained, models_dir: Path, synthetic_csv: Path):
+    load_batch(db, synthetic_csv)
+    model = register_champion(db, trained, models_dir, "m-browser-1")
+    scoring.score_customers(db, model, model.names, mode="full")
+    port = free_port()
+    env = {**os.environ, "SEGMENTATION_DATABASE_URL": db,
+           "SEGMENTATION_MODELS_DIR": str(models_dir)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app" / "app.py"),
+         "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+         "--client.toolbarMode", "viewer"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    customer = str(synthetic_frame["customer_id"].iloc[0])
+    segment = int(trained.model.predict(synthetic_frame.iloc[[0]])[0])
+    means = trained.metrics["imputation_means"]
+    whole = {"cash_advance_trx", "purchases_trx", "tenure"}
+    defaults = pd.DataFrame([{f: float(round(v)) if f in whole else max(v, 0.0)
+                              for f, v in means.items()}])
+    predicted = int(trained.model.predict(defaults)[0])
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_url)
+        expect(page.get_by_text("Customer segments").first).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="Lookup").click()
+        box = page.get_by_label("Customer id")
+        box.fill(customer)
+        box.press("Enter")
+        expect(page.get_by_text(f"Segment {segment}: {trained.model.names[segment]}")) \
+            .to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "lookup.png"), full_page=True)
+        page.get_by_role("tab", name="Predict").click()
+        page.get_by_role("button", name="Predict").click()
+        expect(page.get_by_text(f"Segment {predicted}: {trained.model.names[predicted]}")) \
+            .to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
+        browser.close()

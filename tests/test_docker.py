@@ -1,0 +1,54 @@
+"""docker/: no Docker engine here, so check what can be checked: the files and the commands."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+import yaml
+
+from tests.helpers import ROOT, query, run_cli
+
+COMPOSE = ROOT / "docker" / "compose.yaml"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_names_the_services_with_health_checks_and_volumes() -> None:
+    spec = compose()
+    assert set(spec["services"]) == {"postgres", "prefect-server", "migrate", "worker", "app"}
+    for name in ("postgres", "prefect-server", "app"):
+        assert "healthcheck" in spec["services"][name], name
+    assert set(spec["volumes"]) == {"pgdata", "prefect", "models"}
+    assert "${POSTGRES_PASSWORD}" in COMPOSE.read_text()  # secret only from the env file
+    example = (ROOT / "docker" / ".env.example").read_text()
+    assert "POSTGRES_PASSWORD=" in example
+
+
+def test_dockerfile_copies_what_the_package_needs() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    for path in ("segmentation", "flows", "streamlit_app", "sql", "prefect.yaml",
+                 "pyproject.toml"):
+        assert f"COPY {path}" in dockerfile, path
+    assert "USER app" in dockerfile
+
+
+def test_migrate_service_command_runs_here(db: str, tmp_path) -> None:
+    command = shlex.split(compose()["services"]["migrate"]["command"])
+    assert command[0] == "segmentation"
+    result = run_cli(*command[1:], env={**os.environ, "SEGMENTATION_DATABASE_URL": db,
+                                        "SEGMENTATION_HOME": str(tmp_path)})
+    assert result.returncode == 0 and "schema up to date" in result.stdout
+    assert query(db, "SELECT count(*) FROM schema_migrations")[0][0] >= 4
+
+
+def test_app_and_worker_commands_exist_here() -> None:
+    app = shlex.split(compose()["services"]["app"]["command"])
+    assert run_cli(*app[1:], "--help").returncode == 0
+    worker = shlex.split(compose()["services"]["worker"]["command"])
+    assert worker[:3] == ["prefect", "worker", "start"]
+    help_ = subprocess.run([sys.executable, "-m", "prefect", *worker[1:], "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--pool" in help_.stdout

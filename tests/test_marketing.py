@@ -1,0 +1,63 @@
+"""Marketing in SQL: read-only role on the views, and segment_for() equal to Python."""
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from segmentation.db import connection, conninfo, set_marketing_password
+from segmentation.features import FEATURES
+from segmentation.sqlexport import install_segment_for
+from segmentation.training import train_model
+from tests.helpers import load_batch, query
+
+VIEWS = ("segment_summary", "customer_segments_current", "segment_movement")
+
+
+@pytest.fixture
+def marketing(db: str) -> psycopg.Connection:
+    """A real login as marketing_ro (password set the way `db migrate` sets it)."""
+    set_marketing_password(db, "m4rketing-only")
+    url = make_url(db).set(username="marketing_ro", password="m4rketing-only")
+    conn = psycopg.connect(conninfo(url.render_as_string(hide_password=False)),
+                           autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_marketing_reads_the_views(marketing: psycopg.Connection, view: str) -> None:
+    marketing.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO customer_segments VALUES ('x', 1, 'n', 'v', now(), gen_random_uuid())",
+    "UPDATE customer_segments SET segment_id = 0",
+    "DELETE FROM customer_segments",
+    "TRUNCATE customer_segments",
+    "DROP TABLE customer_segments",
+    "CREATE TABLE marketing_scratch (x int)",
+    "ALTER TABLE customer_segments ADD COLUMN x int",
+    "SELECT * FROM customers",  # raw features are not marketing's
+    "SELECT * FROM customers_quarantine",
+])
+def test_marketing_cannot_write_or_change_anything(marketing: psycopg.Connection,
+                                                   statement: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        marketing.execute(statement)
+
+
+def test_segment_for_matches_python_on_every_real_row(db: str, real_data: Path,
+                                                      real_frame) -> None:
+    load_batch(db, real_data)
+    model = train_model(real_frame, "m-sql-1", k=4, k_range=range(0))
+    with connection(db) as conn:
+        install_segment_for(conn, model.model)
+    columns = ", ".join(FEATURES)
+    in_sql = dict(query(db, f"SELECT customer_id, segment_for({columns}) FROM customers"))
+    expected = dict(zip(real_frame["customer_id"], model.model.predict(real_frame).tolist(),
+                        strict=True))
+    assert len(in_sql) == 8_950
+    mismatches = [cid for cid, seg in expected.items() if in_sql[cid] != seg]
+    assert mismatches == []
