@@ -129,7 +129,7 @@ def ingest(
         typer.echo(f"not validated yet: run `segmentation validate --batch {result.batch_id}`")
 
 
-def _validate(batch_ids: list[str], url: str) -> None:
+def _validate(batch_ids: list[str], url: str, docs: bool = False) -> None:
     """Validate batches in order, print each summary; exit 1 if any failed."""
     from segmentation.db import connection
     from segmentation.registry import champion_reference
@@ -140,9 +140,12 @@ def _validate(batch_ids: list[str], url: str) -> None:
         reference = champion_reference(conn)
     failed = []
     for batch_id in batch_ids:
-        report = validate_batch(url, batch_id, reference=reference,
+        docs_dir = settings.home / "gx_docs" if docs else None
+        report = validate_batch(url, batch_id, reference=reference, docs_dir=docs_dir,
                                 max_quarantine_share=settings.quarantine_max_share)
         typer.echo(report.summary(), err=not report.success)
+        if docs_dir is not None:
+            typer.echo(f"data docs: {docs_dir / 'index.html'}")
         if not report.success:
             failed.append(batch_id)
     if failed:
@@ -153,6 +156,8 @@ def _validate(batch_ids: list[str], url: str) -> None:
 def validate(
     batch: Annotated[str | None, typer.Option(help="Batch id (default: every pending batch).")]
     = None,
+    docs: Annotated[bool, typer.Option(help="Also write GX Data Docs under the state dir.")]
+    = False,
 ) -> None:
     """Validate landed batches with the data contract (GX); exit 1 if one fails."""
     from segmentation.db import connection
@@ -167,7 +172,7 @@ def validate(
             return
     else:
         batches = [batch]
-    _validate(batches, url)
+    _validate(batches, url, docs)
 
 
 batches_app = typer.Typer(help="Loaded batches: list, discard a failed one.",

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -100,10 +101,10 @@ def build_suite(context: Any, rules: list[Rule]) -> Any:
     return suite
 
 
-def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0
-           ) -> list[dict[str, Any]]:
+def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0,
+           docs_dir: Path | None = None) -> list[dict[str, Any]]:
     """Run rules with a GX Checkpoint on the batch: pass/fail only (id_limit 0), or with
-    counts, examples and up to id_limit failing ids per rule."""
+    counts, examples and up to id_limit failing ids per rule; optionally write Data Docs."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.core.partitioners import PartitionerColumnValue
@@ -128,11 +129,23 @@ def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0
             # GX truncates SQL id lists here: one more than the quarantine may hold is
             # enough to decide, and keeps memory bounded
             "partial_unexpected_count": max(EXAMPLES, id_limit)}
+    elif docs_dir is not None:  # Data Docs want counts and examples (off the hot path)
+        result_format = {"result_format": "BASIC"}
     else:  # first pass: GX bundles the aggregates into few queries
         result_format = {"result_format": "BOOLEAN_ONLY"}
+    actions: list[Any] = []
+    if docs_dir is not None:
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        context.add_data_docs_site(site_name="segmentation", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        actions.append(UpdateDataDocsAction(name="data_docs", site_names=["segmentation"]))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name="customers_contract", validation_definitions=[definition],
-        result_format=result_format))
+        result_format=result_format, actions=actions))
     result = checkpoint.run(batch_parameters={"batch_id": batch_id})
     outcomes = []
     for run in result.run_results.values():
@@ -268,9 +281,12 @@ def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutc
 
 
 def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.05,
-                   reference: dict[str, dict[str, list[float]]] | None = None
-                   ) -> ValidationReport:
-    """Validate a landed batch; accept its good rows or fail it. Records a validation_runs row."""
+                   reference: dict[str, dict[str, list[float]]] | None = None,
+                   docs_dir: Path | None = None) -> ValidationReport:
+    """Validate a landed batch; accept its good rows or fail it. Records a validation_runs row.
+
+    With docs_dir, GX Data Docs for the batch are written there (slower: BASIC results).
+    """
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     with connection(url) as conn:
@@ -284,7 +300,7 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
         raise SegmentationError(f"batch {batch_id} is already {status}")
     rules = contract_rules()
     allowed = int(max_quarantine_share * rows_in)
-    first = {r["rule"]: r for r in run_gx(url, batch_id, rules)}
+    first = {r["rule"]: r for r in run_gx(url, batch_id, rules, docs_dir=docs_dir)}
     failing = [rule for rule in rules if not first[rule.key]["success"]]
     detailed: dict[str, RuleOutcome] = {}
     for group, limit in (([r for r in failing if r.tier == "row"], allowed + 1),  # every id

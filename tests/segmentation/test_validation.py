@@ -187,3 +187,12 @@ def test_small_batches_do_not_claim_drift(db: str, scored, tmp_path: Path) -> No
     batch = ingest_csv(db, write(tmp_path, HEADER + "\n" + "\n".join(rows(10)) + "\n"))
     report = validate_batch(db, batch.batch_id, reference=reference)
     assert report.drift == {} and "drift not measured: 10 rows < 500" in report.summary()
+
+
+def test_data_docs_are_written_when_asked(db: str, tmp_path: Path) -> None:
+    batch = ingest_csv(db, write(tmp_path, HEADER + "\n" + "\n".join(rows(20)) + "\n"))
+    docs = tmp_path / "gx_docs"
+    validate_batch(db, batch.batch_id, docs_dir=docs)
+    assert (docs / "index.html").is_file()
+    pages = list((docs / "validations").rglob("*.html"))
+    assert pages and "cash_advance_frequency" in pages[0].read_text()
