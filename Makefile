@@ -30,8 +30,10 @@ typecheck: install
 
 check: lint typecheck test             ## everything CI runs
 
-bench: install                         ## validation vs raw COPY at 1M rows
+bench: install                         ## 1M rows: validation, scoring, app lookup
 	$(BIN)/python benchmarks/bench_validation.py
+	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_app.py
 
 app: install
 	$(BIN)/segmentation app

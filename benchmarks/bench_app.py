@@ -83,8 +83,8 @@ def browser_lookup_seconds(url: str, ids: list[str], names: dict[int, str]) -> l
                 box.fill(cid)
                 t0 = time.perf_counter()
                 box.press("Enter")
-                expect(page.get_by_text("model ").first).to_be_visible(timeout=30_000)
-                expect(page.get_by_text(cid, exact=False).first).to_be_visible(timeout=30_000)
+                expect(page.get_by_text(f"customer {cid}", exact=True)).to_be_visible(
+                    timeout=30_000)
                 page.get_by_text("Why (decision rules)").wait_for(timeout=30_000)
                 seconds.append(time.perf_counter() - t0)
             browser.close()

@@ -38,6 +38,16 @@ def get_model(url: str, version: str) -> SegmentationModel:
         return load_version(conn, version)
 
 
+SUMMARY_TTL_S = 120  # the tables change once a night; lookups below are always live
+
+
+@st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
+def summary(name: str, url: str) -> pd.DataFrame:
+    """An overview/registry read (a function of streamlit_app.data), cached briefly: every
+    interaction reruns the whole script, and these scan the scored table."""
+    return getattr(data, name)(get_engine(url))
+
+
 def bounds(feature: str) -> tuple[float, float | None]:
     """Input bounds that match the data contract."""
     if feature == "cash_advance_frequency":
@@ -49,18 +59,19 @@ def bounds(feature: str) -> tuple[float, float | None]:
     return 0.0, None
 
 
-def projected_sample(engine: Engine, url: str, version: str) -> pd.DataFrame:
+@st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
+def projected_sample(url: str, version: str) -> pd.DataFrame:
     """A sample of scored customers projected on the model's two PCA axes."""
-    sample = data.sample_customers(engine)
+    sample = data.sample_customers(get_engine(url))
     model = get_model(url, version)
     points = model.pca.transform(model.standardize(sample))
     return pd.DataFrame({"pc1": points[:, 0], "pc2": points[:, 1],
                          "segment": sample["segment_id"].astype(str)})
 
 
-def overview(engine: Engine, url: str) -> None:
+def overview(url: str) -> None:
     st.header("Segments")
-    segments = data.champion_segments(engine)
+    segments = summary("champion_segments", url)
     if segments.empty or segments["customers"].sum() == 0:
         st.info("No scored customers yet: run `segmentation score`.")
         return
@@ -68,23 +79,24 @@ def overview(engine: Engine, url: str) -> None:
     st.dataframe(segments[["segment_id", "name", "customers", "share", "profile"]]
                  .style.format({"share": "{:.1%}", "customers": "{:,}"}), hide_index=True)
     st.subheader("Centroid profiles (z-scores)")
-    st.bar_chart(data.centroids_z(engine).T)
-    moves = data.segment_sizes_by_run(engine)
+    st.bar_chart(summary("centroids_z", url).T, stack=False)
+    moves = summary("segment_sizes_by_run", url)
     if not moves.empty:
         st.subheader("Segment sizes over the last scoring runs")
-        st.line_chart(moves.pivot_table(index="started_at", columns="segment_id",
-                                        values="customers").ffill())
-    movement = data.movement_last_run(engine)
+        sizes = moves.pivot_table(index="started_at", columns="segment_id", values="customers")
+        sizes.index = sizes.index.strftime("%Y-%m-%d %H:%M:%S")  # one bar group per run
+        st.bar_chart(sizes.ffill(), stack=False)
+    movement = summary("movement_last_run", url)
     if not movement.empty:
         st.subheader("Movement in the latest run (from -> to)")
         st.dataframe(movement.pivot_table(index="from_segment", columns="to_segment",
                                           values="customers", fill_value=0))
     st.subheader("Customers on the first two principal components")
-    st.scatter_chart(projected_sample(engine, url, str(segments["version"].iloc[0])),
+    st.scatter_chart(projected_sample(url, str(segments["version"].iloc[0])),
                      x="pc1", y="pc2", color="segment")
     chosen = st.multiselect("Export the customers of segments", list(segments["segment_id"]))
     if chosen:
-        export = data.export_segments(engine, [int(s) for s in chosen])
+        export = data.export_segments(get_engine(url), [int(s) for s in chosen])
         st.download_button("Download CSV", export.to_csv(index=False), "segments.csv",
                            "text/csv")
 
@@ -98,6 +110,7 @@ def lookup(engine: Engine, url: str) -> None:
     if found is None:
         st.warning(f"No scored customer with id {customer_id!r}.")
         return
+    st.text(f"customer {customer_id}")  # plain text: ids are never rendered as markdown
     st.markdown(f"**Segment {found['segment_id']}: {found['segment_name']}**  \n"
                 f"model {found['model_version']}, scored {found['scored_at']:%Y-%m-%d %H:%M}")
     centroid = data.segment_centroid(engine, found["model_version"], int(found["segment_id"]))
@@ -111,9 +124,9 @@ def lookup(engine: Engine, url: str) -> None:
     st.markdown("**Why (decision rules):** " + " and ".join(f"`{s}`" for s in steps))
 
 
-def predict(engine: Engine, url: str) -> None:
+def predict(url: str) -> None:
     st.header("Predict a segment")
-    versions = data.model_versions(engine)
+    versions = summary("model_versions", url)
     champion = versions[versions["status"] == "champion"]
     if champion.empty:
         st.info("No champion model yet: run `segmentation train`.")
@@ -150,19 +163,19 @@ def predict(engine: Engine, url: str) -> None:
         st.caption(model.profiles.get(segment, ""))
         st.markdown("**Decision path:** " + " and ".join(f"`{s}`" for s in steps))
         point = model.pca.transform(model.standardize(row))[0]
-        scatter = projected_sample(engine, url, model.version)
+        scatter = projected_sample(url, model.version)
         here = pd.DataFrame({"pc1": [point[0]], "pc2": [point[1]], "segment": ["this customer"]})
         st.scatter_chart(pd.concat([scatter, here], ignore_index=True), x="pc1", y="pc2",
                          color="segment")
 
 
-def models_and_runs(engine: Engine) -> None:
+def models_and_runs(url: str) -> None:
     st.header("Models")
-    st.dataframe(data.model_versions(engine), hide_index=True)
+    st.dataframe(summary("model_versions", url), hide_index=True)
     st.header("Scoring runs")
-    st.dataframe(data.scoring_runs(engine), hide_index=True)
+    st.dataframe(summary("scoring_runs", url), hide_index=True)
     st.header("Validation runs")
-    st.dataframe(data.validation_runs(engine), hide_index=True)
+    st.dataframe(summary("validation_runs", url), hide_index=True)
 
 
 def main() -> None:
@@ -172,13 +185,13 @@ def main() -> None:
         engine = get_engine(url)
         tabs = st.tabs(["Overview", "Lookup", "Predict", "Models and runs"])
         with tabs[0]:
-            overview(engine, url)
+            overview(url)
         with tabs[1]:
             lookup(engine, url)
         with tabs[2]:
-            predict(engine, url)
+            predict(url)
         with tabs[3]:
-            models_and_runs(engine)
+            models_and_runs(url)
         st.caption(f"database: {mask_url(url)}")
     except (SQLAlchemyError, SegmentationError) as exc:
         message = str(exc).splitlines()[0]

@@ -21,6 +21,15 @@ def scored_db(db: str, trained, models_dir: Path, synthetic_csv: Path,
     return db
 
 
+@pytest.fixture(autouse=True)
+def fresh_caches() -> None:
+    """The app caches summaries per URL; every test gets its own view of the database."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
 def run_app() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()

@@ -81,6 +81,7 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
         box.press("Enter")
         expect(page.get_by_text(f"Segment {segment}: {trained.model.names[segment]}")) \
             .to_be_visible(timeout=30_000)
+        expect(page.get_by_text(f"customer {customer}", exact=True)).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "lookup.png"), full_page=True)
         page.get_by_role("tab", name="Predict").click()
         page.get_by_role("button", name="Predict").click()
