@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import free_port, throwaway_database, wait_for_http  # noqa: E402
 from segmentation import registry, scoring  # noqa: E402
-from segmentation.db import apply_migrations, connection, conninfo, sa_engine  # noqa: E402
+from segmentation.db import connection, sa_engine  # noqa: E402
 from segmentation.generate import generate_csv  # noqa: E402
 from segmentation.ingest import ingest_csv  # noqa: E402
 from segmentation.training import load_training_frame, register_and_gate, train_model  # noqa: E402
 from segmentation.validation import validate_batch  # noqa: E402
 from streamlit_app.data import lookup_customer  # noqa: E402
-
-ADMIN = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
-                       "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 def timed(label: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -55,7 +47,7 @@ def percentiles(samples: list[float]) -> str:
 def browser_lookup_seconds(url: str, ids: list[str], names: dict[int, str]) -> list[float]:
     from playwright.sync_api import expect, sync_playwright
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SEGMENTATION_DATABASE_URL": url}
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app" / "app.py"),
@@ -63,12 +55,7 @@ def browser_lookup_seconds(url: str, ids: list[str], names: dict[int, str]) -> l
          "--browser.gatherUsageStats", "false"], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health")
         seconds = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
@@ -94,66 +81,50 @@ def browser_lookup_seconds(url: str, ids: list[str], names: dict[int, str]) -> l
         server.wait(10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    name = f"seg_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(conninfo(ADMIN), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
-    try:
-        apply_migrations(url)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "customers.csv"
-            timed("generate", generate_csv, path, args.rows, 3)
-            batch = timed("ingest", ingest_csv, url, path)
-            timed("validate + accept", validate_batch, url, batch.batch_id)
-            frame = timed("load training sample", load_training_frame, url, 200_000, 42)
-            result = timed("train (k=4, 200k sample)", train_model, frame,
-                           registry.new_version(), k=4, k_range=range(0))
-            saved = registry.save_version(result.model, result.metrics, result.sizes,
-                                          Path(tmp) / "models")
-            register_and_gate(url, saved, result, force=True)
-            model = result.model
-            os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")
-            score = timed("score full (stream+publish)", scoring.score_customers, url, model,
-                          model.names, mode="full")
-            print(f"  timings {score.timings}")
-            with connection(url) as conn:
-                ids = [r[0] for r in conn.execute(
-                    "SELECT customer_id FROM customer_segments ORDER BY md5(customer_id)"
-                    " LIMIT 300").fetchall()]
-            engine = sa_engine(url)
-            lookup_customer(engine, ids[0])  # warm the pool
-            samples = []
-            for cid in ids[:200]:
-                t0 = time.perf_counter()
-                assert lookup_customer(engine, cid) is not None
-                samples.append(time.perf_counter() - t0)
-            print(f"{'data-layer lookup, sequential':<34} {percentiles(samples)}")
+    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "customers.csv"
+        timed("generate", generate_csv, path, args.rows, 3)
+        batch = timed("ingest", ingest_csv, url, path)
+        timed("validate + accept", validate_batch, url, batch.batch_id)
+        frame = timed("load training sample", load_training_frame, url, 200_000, 42)
+        result = timed("train (k=4, 200k sample)", train_model, frame,
+                       registry.new_version(), k=4, k_range=range(0))
+        saved = registry.save_version(result.model, result.metrics, result.sizes,
+                                      Path(tmp) / "models")
+        register_and_gate(url, saved, result, force=True)
+        model = result.model
+        os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")
+        score = timed("score full (stream+publish)", scoring.score_customers, url, model,
+                      model.names, mode="full")
+        print(f"  timings {score.timings}")
+        with connection(url) as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT customer_id FROM customer_segments ORDER BY md5(customer_id)"
+                " LIMIT 300").fetchall()]
+        engine = sa_engine(url)
+        lookup_customer(engine, ids[0])  # warm the pool
+        samples = []
+        for cid in ids[:200]:
+            t0 = time.perf_counter()
+            assert lookup_customer(engine, cid) is not None
+            samples.append(time.perf_counter() - t0)
+        print(f"{'data-layer lookup, sequential':<34} {percentiles(samples)}")
 
-            def one(cid: str) -> float:
-                t0 = time.perf_counter()
-                lookup_customer(engine, cid)
-                return time.perf_counter() - t0
+        def one(cid: str) -> float:
+            t0 = time.perf_counter()
+            lookup_customer(engine, cid)
+            return time.perf_counter() - t0
 
-            with ThreadPoolExecutor(50) as pool:
-                concurrent = list(pool.map(one, ids[:300]))
-            print(f"{'data-layer lookup, 50 concurrent':<34} {percentiles(concurrent)}")
-            browser = browser_lookup_seconds(url, ids[200:205], model.names)
-            print(f"{'browser: Enter -> answer visible':<34} "
-                  f"max {max(browser):.2f} s, median {statistics.median(browser):.2f} s")
-    finally:
-        with psycopg.connect(conninfo(ADMIN), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
+        with ThreadPoolExecutor(50) as pool:
+            concurrent = list(pool.map(one, ids[:300]))
+        print(f"{'data-layer lookup, 50 concurrent':<34} {percentiles(concurrent)}")
+        browser = browser_lookup_seconds(url, ids[200:205], model.names)
+        print(f"{'browser: Enter -> answer visible':<34} "
+              f"max {max(browser):.2f} s, median {statistics.median(browser):.2f} s")
 
 
 if __name__ == "__main__":

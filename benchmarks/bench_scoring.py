@@ -15,15 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
-                       "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 FLOOR = """
 import io, sys, time
@@ -97,45 +91,35 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from benchmarks._common import throwaway_database
     from segmentation import registry
-    from segmentation.db import apply_migrations, conninfo
     from segmentation.generate import generate_csv
     from segmentation.ingest import ingest_csv
     from segmentation.training import load_training_frame, register_and_gate, train_model
     from segmentation.validation import validate_batch
 
-    name = f"seg_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(conninfo(ADMIN), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            apply_migrations(url)
-            path = Path(tmp) / "customers.csv"
-            generate_csv(path, args.rows, 5)
-            validate_batch(url, ingest_csv(url, path).batch_id)
-            result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(),
-                                 k=4, k_range=range(0))
-            saved = registry.save_version(result.model, result.metrics, result.sizes,
-                                          Path(tmp) / "models")
-            register_and_gate(url, saved, result, force=True)
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "SEGMENTATION_DATABASE_URL": url}
-            py = [sys.executable, "-c"]
-            print(f"rows {args.rows:,}")
-            floor = stage("(a) floor: COPY out + COPY in", [*py, FLOOR, url, str(args.rows)],
-                          env, args.rows)
-            naive = stage("(b) naive: read_sql -> predict -> to_sql", [*py, NAIVE, url], env,
-                          args.rows)
-            ours = stage("(c) ours: score_customers (full, fresh)", [*py, OURS, url], env,
-                         args.rows)
-            again = stage("(c') ours again (idempotent rerun)", [*py, OURS, url], env,
-                          args.rows)
-            print(f"floor/ours {floor / ours:.2f}   naive/ours {naive / ours:.2f}   "
-                  f"floor/rerun {floor / again:.2f}")
-    finally:
-        with psycopg.connect(conninfo(ADMIN), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
+    with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "customers.csv"
+        generate_csv(path, args.rows, 5)
+        validate_batch(url, ingest_csv(url, path).batch_id)
+        result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(),
+                             k=4, k_range=range(0))
+        saved = registry.save_version(result.model, result.metrics, result.sizes,
+                                      Path(tmp) / "models")
+        register_and_gate(url, saved, result, force=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SEGMENTATION_DATABASE_URL": url}
+        py = [sys.executable, "-c"]
+        print(f"rows {args.rows:,}")
+        floor = stage("(a) floor: COPY out + COPY in", [*py, FLOOR, url, str(args.rows)],
+                      env, args.rows)
+        naive = stage("(b) naive: read_sql -> predict -> to_sql", [*py, NAIVE, url], env,
+                      args.rows)
+        ours = stage("(c) ours: score_customers (full, fresh)", [*py, OURS, url], env,
+                     args.rows)
+        again = stage("(c') ours again (idempotent rerun)", [*py, OURS, url], env,
+                      args.rows)
+        print(f"floor/ours {floor / ours:.2f}   naive/ours {naive / ours:.2f}   "
+              f"floor/rerun {floor / again:.2f}")
 
 
 if __name__ == "__main__":

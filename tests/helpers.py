@@ -54,3 +54,27 @@ def register_champion(url: str, trained, models_dir: Path, version: str):  # typ
         registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
         registry.promote(conn, version)
     return model
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, seconds: float = 60) -> None:
+    """Poll a health URL until it answers (raises TimeoutError)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {seconds:.0f} s")

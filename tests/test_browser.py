@@ -1,29 +1,20 @@
 """A real browser: `streamlit run` against a scored test database, driven by Chromium."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from segmentation import scoring
-from tests.helpers import ROOT, load_batch, register_champion
+from tests.helpers import ROOT, free_port, load_batch, register_champion, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,14 +33,7 @@ def app_url(db: str, trained, models_dir: Path, synthetic_csv: Path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
+        wait_for_http(f"{url}/_stcore/health")
         yield url
     finally:
         server.terminate()

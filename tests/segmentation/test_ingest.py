@@ -189,3 +189,16 @@ def test_ingest_from_an_existing_table(db: str, tmp_path: Path) -> None:
     assert query(db, "SELECT customer_id, tenure FROM customers_incoming") == [("T1", 1.0)]
     with pytest.raises(IngestError, match="does not exist"):
         ingest_table(db, "public.no_such_table")
+
+
+def test_empty_table_is_refused(db: str) -> None:
+    from segmentation.db import connection
+
+    with connection(db) as conn:
+        conn.execute("DROP TABLE IF EXISTS public.raw_empty")
+        conn.execute("CREATE TABLE public.raw_empty AS SELECT 'T1'::text AS \"CUST_ID\", "
+                     + ", ".join(f"1.0::float8 AS \"{h}\"" for h in ORIGINAL_HEADERS[1:])
+                     + " WHERE false")
+    with pytest.raises(IngestError, match=r"table:public.raw_empty: no data rows"):
+        ingest_table(db, "public.raw_empty")
+    assert nothing_written(db)

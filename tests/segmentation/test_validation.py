@@ -99,7 +99,7 @@ def test_other_encoding_is_named(db: str, scored, tmp_path: Path) -> None:
     ({"cash_advance": "-12.5"}, "cash_advance within [0, inf]"),
     ({"purchases_frequency": "1.2"}, "purchases_frequency within [0, 1]"),
     ({"tenure": "3"}, "tenure within [6, 12]"),
-    ({"purchases_trx": "2.5"}, "purchases_trx is a whole number"),
+    ({"purchases_trx": "2.5"}, "cash_advance_trx and purchases_trx are whole numbers"),
     ({"credit_limit": "0"}, "credit_limit within (0, inf]"),
 ])
 def test_bad_rows_are_quarantined_with_their_rule(db: str, scored, tmp_path: Path,
