@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint typecheck check bench app clean
+.PHONY: install demo test test-fast reliability lint typecheck check bench app clean
 
 $(BIN)/segmentation: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install                          ## the whole suite on real PostgreSQL
 
 test-fast: install                     ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
+
+reliability: install                   ## the fault and abuse suite alone
+	$(BIN)/python -m pytest -m reliability
 
 lint: install
 	$(BIN)/ruff check segmentation flows streamlit_app tests benchmarks

@@ -42,6 +42,7 @@ class RuleOutcome:
     unexpected: int = 0
     examples: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    error: str | None = None  # GX could not evaluate the rule (e.g. a dropped connection)
 
     def line(self) -> str:
         """One human line: rule, column, rows, examples."""
@@ -180,7 +181,7 @@ def _interpret(url: str, batch_id: str, rules: list[Rule],
                                 for row in index[:EXAMPLES]]
         if item.get("error"):
             outcome.success = False
-            outcome.examples = [f"GX error: {item['error']}"]
+            outcome.error = str(item["error"]).strip().splitlines()[0][:300]
         if rule.expectation == "UnexpectedRowsExpectation" and outcome.ids:
             outcome.examples = [repr(i) for i in outcome.ids[:EXAMPLES]]
         outcomes.append(outcome)
@@ -312,6 +313,9 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
     outcomes = [detailed.get(rule.key) or RuleOutcome(rule, True) for rule in rules]
     gx_seconds = time.perf_counter() - started
     failures = [o.line() for o in outcomes if o.rule.tier == "schema" and not o.success]
+    # A rule GX could not evaluate proves nothing: the batch cannot count as validated.
+    failures += [f"{describe(o.rule)} could not be evaluated: {o.error}" for o in outcomes
+                 if o.error]
     worst = max((o.unexpected for o in outcomes if o.rule.tier == "row"), default=0)
     warnings = [o.line() for o in outcomes if o.rule.tier == "warning" and not o.success]
     run_id = str(uuid.uuid4())

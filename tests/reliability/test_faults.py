@@ -1,0 +1,136 @@
+"""Faults: a killed connection or process at the worst moment loses nothing.
+
+After recovery, customer_segments holds exactly one row per valid customer and every
+run conserves rows (scored + quarantined = incoming).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from segmentation import scoring
+from segmentation.db import conninfo
+from segmentation.errors import IngestError
+from segmentation.ingest import ingest_csv
+from segmentation.validation import validate_batch
+from tests.helpers import ROOT, load_batch, query, register_champion, snapshot_segments
+
+pytestmark = pytest.mark.reliability
+
+
+def kill_backends_running(url: str, pattern: str, timeout: float = 30) -> threading.Thread:
+    """In the background: terminate the first backend whose query matches `pattern`."""
+    def killer() -> None:
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(conninfo(url), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                hit = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND query ILIKE %s AND state = 'active'",
+                    (pattern,)).fetchone()
+                if hit:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (hit[0],))
+                    return
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="module")
+def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200,000 customers: long enough to be caught mid-COPY."""
+    from segmentation.generate import generate_csv
+
+    path = tmp_path_factory.mktemp("big") / "customers.csv"
+    generate_csv(path, 200_000, seed=11)
+    return path
+
+
+def test_connection_killed_during_ingest_writes_nothing(db: str, big_csv: Path) -> None:
+    killer = kill_backends_running(db, "COPY landing%")
+    with pytest.raises((IngestError, psycopg.OperationalError)):
+        ingest_csv(db, big_csv)
+    killer.join()
+    assert query(db, "SELECT (SELECT count(*) FROM ingest_batches) +"
+                     " (SELECT count(*) FROM customers_incoming)") == [(0,)]
+    assert ingest_csv(db, big_csv).rows_in == 200_000  # the retry simply works
+
+
+def test_connection_killed_during_validation_is_re_evaluated(db: str, big_csv: Path) -> None:
+    """GX records a dropped connection as a rule error; the detail pass re-runs those rules
+    on a fresh connection, so the verdict is still the true one."""
+    batch = ingest_csv(db, big_csv).batch_id
+    killer = kill_backends_running(db, "%customers_incoming%sum(%")  # GX's aggregate query
+    report = validate_batch(db, batch)
+    killer.join()
+    assert report.success, report.summary()
+    assert report.rows_accepted + report.rows_quarantined == 200_000
+    assert query(db, "SELECT count(*) FROM customers") == [(200_000,)]
+
+
+def test_rule_that_could_not_be_evaluated_fails_the_batch(db: str, big_csv: Path,
+                                                          monkeypatch) -> None:
+    from segmentation import validation
+
+    batch = ingest_csv(db, big_csv).batch_id
+    real = validation.run_gx
+
+    def broken_detail_pass(url, batch_id, rules, id_limit=0, docs_dir=None):
+        results = real(url, batch_id, rules, id_limit, docs_dir)
+        if id_limit:  # the connection "dies" during the detail pass
+            for item in results:
+                item.update(success=False, result={}, error="server closed the connection")
+        return results
+
+    monkeypatch.setattr(validation, "run_gx", broken_detail_pass)
+    report = validate_batch(db, batch)
+    assert not report.success
+    assert "could not be evaluated: server closed the connection" in report.summary()
+    assert query(db, "SELECT status FROM ingest_batches") == [("failed",)]
+    assert query(db, "SELECT count(*) FROM customers") == [(0,)]
+    monkeypatch.setattr(validation, "run_gx", real)
+    assert validate_batch(db, batch).success  # a failed batch can be validated again
+
+
+SCORE = """
+import sys
+from segmentation.db import connection
+from segmentation.registry import load_version
+from segmentation.scoring import score_customers
+url = sys.argv[1]
+with connection(url) as conn:
+    model = load_version(conn)
+def progress(rows, seconds):
+    print(rows, flush=True)
+score_customers(url, model, model.names, mode="full", chunk_rows=10_000, progress=progress)
+"""
+
+
+def test_scoring_process_killed_mid_run_then_rerun(db: str, trained, models_dir: Path,
+                                                   big_csv: Path) -> None:
+    load_batch(db, big_csv)
+    model = register_champion(db, trained, models_dir, "m-kill-1")
+    env = {**os.environ, "SEGMENTATION_DATABASE_URL": db,
+           "SEGMENTATION_MODELS_DIR": str(models_dir)}
+    child = subprocess.Popen([sys.executable, "-c", SCORE, db], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    first = child.stdout.readline()  # it has streamed and staged its first chunk
+    assert first.strip() == "10000"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert snapshot_segments(db) == []  # nothing half-published
+    result = scoring.score_customers(db, model, model.names, mode="full")
+    assert (result.rows_in, result.rows_scored) == (200_000, 200_000)
+    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
+        == [(200_000, 200_000)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(200_000,)]
