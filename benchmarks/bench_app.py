@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import free_port, throwaway_database, wait_for_http  # noqa: E402
 from segmentation import registry, scoring  # noqa: E402
-from segmentation.db import connection, sa_engine  # noqa: E402
+from segmentation.db import connection  # noqa: E402
 from segmentation.generate import generate_csv  # noqa: E402
 from segmentation.ingest import ingest_csv  # noqa: E402
 from segmentation.training import load_training_frame, register_and_gate, train_model  # noqa: E402
 from segmentation.validation import validate_batch  # noqa: E402
-from streamlit_app.data import lookup_customer  # noqa: E402
+from streamlit_app.data import app_engine, lookup_customer  # noqa: E402
 
 
 def timed(label: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -105,7 +105,7 @@ def main() -> None:
             ids = [r[0] for r in conn.execute(
                 "SELECT customer_id FROM customer_segments ORDER BY md5(customer_id)"
                 " LIMIT 300").fetchall()]
-        engine = sa_engine(url)
+        engine = app_engine(url)  # exactly the app's pool
         lookup_customer(engine, ids[0])  # warm the pool
         samples = []
         for cid in ids[:200]:

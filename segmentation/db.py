@@ -59,9 +59,10 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
         conn.close()
 
 
-def sa_engine(url: str) -> Engine:
+def sa_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """A SQLAlchemy engine (pandas, GX, the app) with pre-ping for long-lived pools."""
-    return create_engine(url, pool_pre_ping=True, future=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                         max_overflow=max_overflow)
 
 
 def sql_dir() -> Path:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 from segmentation.clustering import SegmentationModel
 from segmentation.config import load_settings, mask_url
 from segmentation.contract import CASH_ADVANCE_FREQUENCY_MAX
-from segmentation.db import connection, resolve_url, sa_engine
+from segmentation.db import connection, resolve_url
 from segmentation.errors import SegmentationError
 from segmentation.features import COUNTS, FEATURES, FREQUENCIES
 from streamlit_app import data
@@ -26,7 +26,7 @@ st.set_page_config(page_title="Customer segments", layout="wide")
 @st.cache_resource
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL, built from the same settings as the CLI."""
-    return sa_engine(url)
+    return data.app_engine(url)
 
 
 @st.cache_resource

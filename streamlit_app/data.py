@@ -7,7 +7,14 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from segmentation.db import sa_engine
 from segmentation.features import FEATURES
+
+
+def app_engine(url: str) -> Engine:
+    """The app's engine: pre-pinged, pooled for many concurrent sessions (a lookup holds a
+    connection for a few milliseconds)."""
+    return sa_engine(url, pool_size=10, max_overflow=40)
 
 
 def champion_segments(engine: Engine) -> pd.DataFrame:
@@ -54,12 +61,13 @@ def centroids_z(engine: Engine) -> pd.DataFrame:
 
 
 def lookup_customer(engine: Engine, customer_id: str) -> dict[str, Any] | None:
-    """A customer's segment and features, or None."""
-    df = pd.read_sql(text(
-        "SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.*"
-        " FROM customer_segments s JOIN customers c USING (customer_id)"
-        " WHERE s.customer_id = :cid"), engine, params={"cid": customer_id})
-    return None if df.empty else df.iloc[0].to_dict()
+    """A customer's segment and features, or None (one indexed row, no DataFrame)."""
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.*"
+            " FROM customer_segments s JOIN customers c USING (customer_id)"
+            " WHERE s.customer_id = :cid"), {"cid": customer_id}).mappings().first()
+    return None if row is None else dict(row)
 
 
 def segment_centroid(engine: Engine, version: str, segment_id: int) -> dict[str, float]:
