@@ -34,11 +34,11 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _url() -> str:
+def _url(settings: Settings | None = None) -> str:
     """The database URL for this invocation (starts the embedded server if needed)."""
     from segmentation.db import resolve_url
 
-    return resolve_url(_settings())
+    return resolve_url(settings or _settings())
 
 
 @db_app.command("migrate")
@@ -115,7 +115,8 @@ def ingest(
 
     if (path is None) == (table is None):
         raise SegmentationError("give a CSV path or --table, not both and not neither")
-    url = _url()
+    settings = _settings()
+    url = _url(settings)
     if path is not None:
         result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding)
     else:
@@ -124,18 +125,17 @@ def ingest(
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"batch {result.batch_id}: loaded {result.rows_in:,} rows")
     if validate:
-        _validate([result.batch_id], url)
+        _validate([result.batch_id], url, settings)
     else:
         typer.echo(f"not validated yet: run `segmentation validate --batch {result.batch_id}`")
 
 
-def _validate(batch_ids: list[str], url: str, docs: bool = False) -> None:
+def _validate(batch_ids: list[str], url: str, settings: Settings, docs: bool = False) -> None:
     """Validate batches in order, print each summary; exit 1 if any failed."""
     from segmentation.db import connection
     from segmentation.registry import champion_reference
     from segmentation.validation import validate_batch
 
-    settings = _settings()
     with connection(url) as conn:
         reference = champion_reference(conn)
     failed = []
@@ -162,7 +162,8 @@ def validate(
     """Validate landed batches with the data contract (GX); exit 1 if one fails."""
     from segmentation.db import connection
 
-    url = _url()
+    settings = _settings()
+    url = _url(settings)
     if batch is None:
         with connection(url) as conn:
             batches = [b for (b,) in conn.execute(
@@ -172,7 +173,7 @@ def validate(
             return
     else:
         batches = [batch]
-    _validate(batches, url, docs)
+    _validate(batches, url, settings, docs)
 
 
 batches_app = typer.Typer(help="Loaded batches: list, discard a failed one.",
@@ -386,7 +387,7 @@ def demo(
     from segmentation.ingest import ingest_csv
 
     settings = _settings()
-    url = _url()
+    url = _url(settings)
     typer.echo(f"database: {mask_url(url)}")
     apply_migrations(url)
     data = settings.home / "demo" / f"customers_{rows}_{seed}.csv"
@@ -394,7 +395,7 @@ def demo(
     typer.echo(f"generated {rows:,} synthetic customers -> {data}")
     result = ingest_csv(url, data)
     typer.echo(f"ingested batch {result.batch_id}: {result.rows_in:,} rows")
-    _validate([result.batch_id], url)
+    _validate([result.batch_id], url, settings)
     train(k="4", sample_size=200_000, force=False)
     score(mode="full", wait=True)
     _print_segments(url)

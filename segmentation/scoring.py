@@ -28,6 +28,7 @@ from segmentation.clustering import SegmentationModel
 from segmentation.db import connection, require_schema
 from segmentation.errors import RunLocked, ValidationFailed
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
+from segmentation.validation import pending_batches
 
 SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
 Mode = Literal["full", "incremental"]
@@ -104,8 +105,6 @@ def encode_scores(ids: pd.Series, segments: Any) -> bytes:
 
 def refuse_blocked_batches(conn: psycopg.Connection) -> None:
     """No scoring while a batch is unvalidated or failed: ops must see it first."""
-    from segmentation.validation import pending_batches
-
     blocked = pending_batches(conn)
     if not blocked:
         return

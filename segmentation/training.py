@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from psycopg import sql
 from sklearn.decomposition import PCA
 from sklearn.metrics import davies_bouldin_score, silhouette_score
 
@@ -22,7 +23,10 @@ from segmentation.clustering import (
     name_segments,
     sample_frame,
 )
-from segmentation.features import FEATURES, feature_frame, feature_matrix
+from segmentation.db import connection
+from segmentation.features import COLUMNS, FEATURES, feature_frame, feature_matrix
+from segmentation.registry import SavedVersion, promote, register_version
+from segmentation.scoring import iter_chunks
 from segmentation.tree import fit_rules_tree
 
 MIN_AGREEMENT = 0.93
@@ -151,12 +155,6 @@ def gate_failures(metrics: dict[str, Any], champion: SegmentationModel | None) -
 
 def load_training_frame(url: str, sample_size: int | None, random_state: int) -> pd.DataFrame:
     """Customers to train on; a reproducible hash-ordered sample when the table is large."""
-    from psycopg import sql
-
-    from segmentation.db import connection
-    from segmentation.features import COLUMNS
-    from segmentation.scoring import iter_chunks
-
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
     query = sql.SQL("SELECT {} FROM customers").format(columns)
     if sample_size:
@@ -169,11 +167,9 @@ def load_training_frame(url: str, sample_size: int | None, random_state: int) ->
     return pd.concat(chunks, ignore_index=True)
 
 
-def register_and_gate(url: str, saved: Any, result: TrainingResult, force: bool) -> str:
+def register_and_gate(url: str, saved: SavedVersion, result: TrainingResult,
+                      force: bool) -> str:
     """Register the saved version; promote it if the gates hold or `force`. Returns status."""
-    from segmentation.db import connection
-    from segmentation.registry import promote, register_version
-
     failures = result.gate_failures
     reason = "; ".join(failures) if failures else None
     with connection(url) as conn:

@@ -173,6 +173,7 @@ def _interpret(url: str, batch_id: str, rules: list[Rule],
             outcome.unexpected = int(result.get("observed_value") or 0)
             if rule.tier == "row" and outcome.unexpected:
                 outcome.ids = _unexpected_ids(url, batch_id, rule)
+                outcome.examples = [repr(i) for i in outcome.ids[:EXAMPLES]]
         else:
             outcome.unexpected = int(result.get("unexpected_count") or 0)
             index = result.get("unexpected_index_list") or []
@@ -182,8 +183,6 @@ def _interpret(url: str, batch_id: str, rules: list[Rule],
         if item.get("error"):
             outcome.success = False
             outcome.error = str(item["error"]).strip().splitlines()[0][:300]
-        if rule.expectation == "UnexpectedRowsExpectation" and outcome.ids:
-            outcome.examples = [repr(i) for i in outcome.ids[:EXAMPLES]]
         outcomes.append(outcome)
     return outcomes
 
