@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
@@ -41,3 +42,25 @@ def resolve_database(settings: Settings) -> str:
 def flow_settings() -> Settings:
     """Settings for a flow run, read from the worker's environment."""
     return load_settings()
+
+
+def dask_task_runner(settings: Settings, partitions: int) -> Any:
+    """The partitioned-scoring task runner: an existing cluster, or a local one."""
+    from prefect_dask import DaskTaskRunner  # lazy: distributed is heavy, needed only here
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    workers = min(settings.dask_workers, partitions)
+    # Local workers report to this run's API; on the ephemeral API each would otherwise
+    # start its own temporary server (about 7 s each).
+    env = {"PREFECT_API_URL": current_api_url()}
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None,
+                                          "env": env})
+
+
+def current_api_url() -> str:
+    """The Prefect API this process talks to (the ephemeral server's when none is set)."""
+    from prefect.client.orchestration import get_client
+
+    return os.environ.get("PREFECT_API_URL") or str(get_client().api_url)

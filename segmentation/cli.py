@@ -230,25 +230,31 @@ def train(
 def score(
     mode: Annotated[str, typer.Option(help="full | incremental")] = "incremental",
     wait: Annotated[bool, typer.Option(help="Wait for a running scoring run.")] = False,
+    partitions: Annotated[int, typer.Option(
+        min=1, help="Hash partitions scored in parallel on Dask (1: in this process).")] = 1,
 ) -> None:
     """Score customers with the champion (Prefect flow `nightly-scoring`)."""
     from flows.nightly_scoring import score_flow
 
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
-    typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait))
+    typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait,
+                          partitions=partitions))
 
 
 @app.command()
 def nightly(
     mode: Annotated[str, typer.Option(help="full | incremental")] = "incremental",
+    partitions: Annotated[int, typer.Option(
+        min=1, help="Hash partitions scored in parallel on Dask (1: in this process).")] = 1,
 ) -> None:
     """What the nightly deployment runs: validate pending batches, then score."""
     from flows.nightly_scoring import nightly as nightly_flow
 
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
-    typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode)))
+    typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode),
+                            partitions=partitions))
 
 
 alerts_app = typer.Typer(help="Prefect automations that notify ops.", no_args_is_help=True)

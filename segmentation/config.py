@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows per streamed chunk.")
     quarantine_max_share: float = Field(default=0.05, ge=0, le=1)
     random_state: int = 42
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster for partitioned scoring (tcp://...)."
+        " Unset: a local cluster of dask_workers processes.",
+    )
+    dask_workers: int = Field(default=2, gt=0, description="Workers of the local Dask cluster.")
 
     @property
     def models_path(self) -> Path:

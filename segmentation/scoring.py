@@ -26,7 +26,7 @@ from psycopg.types.json import Json
 
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection, require_schema
-from segmentation.errors import RunLocked, ValidationFailed
+from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
 from segmentation.validation import pending_batches
 
@@ -55,15 +55,26 @@ class ScoreResult:
         return asdict(self)
 
 
-def select_customers(mode: Mode, model_version: str) -> sql.Composed:
-    """The customers a run reads: all, or those new/changed/scored by another model."""
+def select_customers(mode: Mode, model_version: str,
+                     partition: tuple[int, int] | None = None) -> sql.Composed:
+    """The customers a run reads: all, or those new/changed/scored by another model;
+    optionally only partition (i, n) by a hash of customer_id."""
     columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
+    where: list[sql.Composable] = []
     if mode == "full":
-        return sql.SQL("SELECT {} FROM customers c").format(columns)
-    return sql.SQL(
-        "SELECT {} FROM customers c LEFT JOIN customer_segments s USING (customer_id)"
-        " WHERE s.customer_id IS NULL OR s.model_version <> {} OR c.loaded_at > s.scored_at"
-    ).format(columns, sql.Literal(model_version))
+        source = sql.SQL("customers c")
+    else:
+        source = sql.SQL("customers c LEFT JOIN customer_segments s USING (customer_id)")
+        where.append(sql.SQL("(s.customer_id IS NULL OR s.model_version <> {}"
+                             " OR c.loaded_at > s.scored_at)").format(sql.Literal(model_version)))
+    if partition is not None:
+        part, parts = partition
+        where.append(sql.SQL("(hashtext(c.customer_id) & 2147483647) % {} = {}").format(
+            sql.Literal(parts), sql.Literal(part)))
+    query = sql.SQL("SELECT {} FROM {}").format(columns, source)
+    if where:
+        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
+    return query
 
 
 def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
@@ -143,35 +154,66 @@ def acquire_run_lock(conn: psycopg.Connection, wait: bool) -> None:
 
 def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str],
             scored_at: datetime) -> int:
-    """Staging -> customer_segments + segment_history, in the caller's transaction."""
+    """Staging -> customer_segments + segment_history, in the caller's transaction.
+
+    One diff pass finds what changed; only those rows are written (a rerun writes nothing),
+    new customers are plain INSERTs and known ones UPDATEs (no ON CONFLICT per row).
+    """
     params = {"v": result.model_version, "ts": scored_at, "run": result.run_id,
-              "ids": list(names), "names": [names[s] for s in names]}
+              "ids": list(names), "names": [names[s] for s in names],
+              "touch_all": result.mode == "incremental"}
     conn.execute("CREATE TEMP TABLE segment_names ON COMMIT DROP AS"
                  " SELECT * FROM unnest(%(ids)s::smallint[], %(names)s::text[]) AS n(id, name)",
                  params)
-    history = conn.execute(
+    # incremental: every selected row is new or changed since it was scored: re-stamp it
+    conn.execute("SET LOCAL work_mem = '256MB'")  # the diff's hash join and sort in memory
+    conn.execute(
+        "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
+        " WITH diff AS MATERIALIZED (SELECT st.customer_id, st.segment_id,"
+        " n.name AS segment_name, cs.customer_id IS NULL AS is_new,"
+        " cs.segment_id AS old_segment_id, cs.model_version AS old_model_version,"
+        " (cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
+        "  OR cs.model_version <> %(v)s) AS moved"
+        " FROM scored_stage st JOIN segment_names n ON n.id = st.segment_id"
+        " LEFT JOIN customer_segments cs USING (customer_id)"
+        " WHERE %(touch_all)s OR cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
+        " OR cs.model_version <> %(v)s OR cs.segment_name <> n.name)"
+        # key order: the index inserts below append instead of scattering (5.3 -> 3.5 s/M)
+        " SELECT * FROM diff ORDER BY customer_id", params)
+    conn.execute("ANALYZE segment_changes")
+    changed = conn.execute(
         "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
         " old_model_version, new_model_version, changed_at, run_id)"
-        " SELECT st.customer_id, cs.segment_id, st.segment_id, cs.model_version, %(v)s,"
-        " %(ts)s, %(run)s FROM scored_stage st LEFT JOIN customer_segments cs USING (customer_id)"
-        " WHERE cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
-        " OR cs.model_version <> %(v)s", params)
-    changed = history.rowcount
-    touch_all = result.mode == "incremental"  # selected rows are new or changed: re-stamp them
+        " SELECT customer_id, old_segment_id, segment_id, old_model_version, %(v)s, %(ts)s,"
+        " %(run)s FROM segment_changes WHERE moved", params).rowcount
     conn.execute(
-        sql.SQL(
-            "INSERT INTO customer_segments AS cs (customer_id, segment_id, segment_name,"
-            " model_version, scored_at, run_id)"
-            " SELECT st.customer_id, st.segment_id, n.name, %(v)s, %(ts)s, %(run)s"
-            " FROM scored_stage st JOIN segment_names n ON n.id = st.segment_id"
-            " ON CONFLICT (customer_id) DO UPDATE SET segment_id = EXCLUDED.segment_id,"
-            " segment_name = EXCLUDED.segment_name, model_version = EXCLUDED.model_version,"
-            " scored_at = EXCLUDED.scored_at, run_id = EXCLUDED.run_id"
-            " WHERE {} OR (cs.segment_id, cs.segment_name, cs.model_version)"
-            " IS DISTINCT FROM (EXCLUDED.segment_id, EXCLUDED.segment_name,"
-            " EXCLUDED.model_version)").format(sql.Literal(touch_all)),
-        params)
+        "INSERT INTO customer_segments (customer_id, segment_id, segment_name, model_version,"
+        " scored_at, run_id) SELECT customer_id, segment_id, segment_name, %(v)s, %(ts)s,"
+        " %(run)s FROM segment_changes WHERE is_new", params)
+    conn.execute(
+        "UPDATE customer_segments cs SET segment_id = ch.segment_id,"
+        " segment_name = ch.segment_name, model_version = %(v)s, scored_at = %(ts)s,"
+        " run_id = %(run)s FROM segment_changes ch"
+        " WHERE ch.customer_id = cs.customer_id AND NOT ch.is_new", params)
     return changed
+
+
+def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection, copy_sql: str,
+                  query: sql.Composed, model: SegmentationModel, chunk_rows: int,
+                  progress: Progress | None = None) -> tuple[int, float]:
+    """Reader COPY out -> predict per chunk -> writer COPY in; returns (rows, predict seconds)."""
+    rows, predict_s, started = 0, 0.0, time.perf_counter()
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    with writer.cursor().copy(copy_sql) as sink:
+        for chunk in iter_chunks(reader, query, chunk_rows):
+            t0 = time.perf_counter()
+            segments = model.predict(chunk)
+            predict_s += time.perf_counter() - t0
+            sink.write(encode_scores(chunk[ID_COLUMN], segments))
+            rows += len(chunk)
+            if progress:
+                progress(rows, time.perf_counter() - started)
+    return rows, predict_s
 
 
 def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *,
@@ -186,34 +228,110 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *
             require_schema(writer)
             refuse_blocked_batches(writer)
             acquire_run_lock(writer, wait)
-            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
                            " ON COMMIT DROP")
-            predict_s = 0.0
-            with writer.cursor().copy("COPY scored_stage FROM STDIN (FORMAT csv)") as sink:
-                for chunk in iter_chunks(reader, select_customers(mode, model.version),
-                                         chunk_rows):
-                    t0 = time.perf_counter()
-                    segments = model.predict(chunk)
-                    predict_s += time.perf_counter() - t0
-                    sink.write(encode_scores(chunk[ID_COLUMN], segments))
-                    result.rows_in += len(chunk)
-                    result.rows_scored += len(chunk)
-                    if progress:
-                        progress(result.rows_in, time.perf_counter() - started)
+            rows, predict_s = stream_scores(
+                reader, writer, "COPY scored_stage FROM STDIN (FORMAT csv)",
+                select_customers(mode, model.version), model, chunk_rows, progress)
+            result.rows_in = result.rows_scored = rows
             result.timings["stream_s"] = round(time.perf_counter() - started, 3)
             result.timings["predict_s"] = round(predict_s, 3)
-            result.rows_quarantined = quarantined_since_last_run(writer)
-            t0 = time.perf_counter()
-            writer.execute("ANALYZE scored_stage")
-            result.rows_changed = publish(writer, result, names, started_at)
-            result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
-            result.seconds = round(time.perf_counter() - started, 3)
-            record_run(writer, result, "succeeded", started_at)
+            finish_run(writer, result, names, started, started_at)
     except BaseException as exc:
         record_failure(url, result, started_at, exc)
         raise
     return result
+
+
+def finish_run(writer: psycopg.Connection, result: ScoreResult, names: dict[int, str],
+               started: float, started_at: datetime) -> None:
+    """Publish scored_stage and record the run, in the writer's (locked) transaction."""
+    result.rows_quarantined = quarantined_since_last_run(writer)
+    t0 = time.perf_counter()
+    writer.execute("ANALYZE scored_stage")
+    result.rows_changed = publish(writer, result, names, started_at)
+    result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
+    result.seconds = round(time.perf_counter() - started, 3)
+    record_run(writer, result, "succeeded", started_at)
+
+
+@dataclass
+class PartitionResult:
+    """What one partition task staged."""
+
+    part: int
+    parts: int
+    rows: int
+    predict_s: float
+    seconds: float
+
+
+def check_ready(url: str) -> None:
+    """Refuse before any work if the schema is old or a batch is unvalidated/failed."""
+    with connection(url) as conn:
+        require_schema(conn)
+        refuse_blocked_batches(conn)
+
+
+def stage_partition(url: str, model: SegmentationModel, mode: Mode, run_id: str, part: int,
+                    parts: int, chunk_rows: int = 100_000,
+                    progress: Progress | None = None) -> PartitionResult:
+    """Score one hash partition into scoring_stage under run_id (a retry replaces it)."""
+    started = time.perf_counter()
+    with connection(url) as writer, connection(url) as reader:
+        writer.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = %s",
+                       (run_id, part))
+        writer.execute("CREATE TEMP TABLE part_stage (customer_id text, segment_id smallint)"
+                       " ON COMMIT DROP")
+        rows, predict_s = stream_scores(
+            reader, writer, "COPY part_stage FROM STDIN (FORMAT csv)",
+            select_customers(mode, model.version, (part, parts)), model, chunk_rows, progress)
+        writer.execute("INSERT INTO scoring_stage (run_id, part, customer_id, segment_id)"
+                       " SELECT %s, %s, customer_id, segment_id FROM part_stage", (run_id, part))
+    return PartitionResult(part, parts, rows, round(predict_s, 3),
+                           round(time.perf_counter() - started, 3))
+
+
+def publish_staged(url: str, model: SegmentationModel, names: dict[int, str], mode: Mode,
+                   run_id: str, staged: list[PartitionResult], *, wait: bool = False,
+                   started_at: datetime | None = None) -> ScoreResult:
+    """Publish every staged partition of run_id in one transaction, then drop the scratch."""
+    result = ScoreResult(run_id, model.version, mode)
+    started_at = started_at or datetime.now(UTC)
+    # the run's clock starts when its partitions did, not when the publish does
+    started = time.perf_counter() - (datetime.now(UTC) - started_at).total_seconds()
+    try:
+        expected = {p.parts for p in staged}
+        got = sorted(p.part for p in staged)
+        if len(expected) != 1 or got != list(range(expected.pop())):
+            raise SegmentationError(f"run {run_id} staged partitions {got} of "
+                                    f"{sorted({p.parts for p in staged})}: refusing to publish "
+                                    "an incomplete run")
+        with connection(url) as writer:
+            require_schema(writer)
+            acquire_run_lock(writer, wait)
+            writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT customer_id,"
+                           " segment_id FROM scoring_stage WHERE run_id = %s", (run_id,))
+            result.rows_in = result.rows_scored = sum(p.rows for p in staged)
+            result.timings["partitions"] = len(staged)
+            result.timings["stream_s"] = max(p.seconds for p in staged)
+            result.timings["predict_s"] = round(sum(p.predict_s for p in staged), 3)
+            finish_run(writer, result, names, started, started_at)
+            writer.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
+    except BaseException as exc:
+        record_failure(url, result, started_at, exc)
+        discard_staged(url, run_id)
+        raise
+    return result
+
+
+def discard_staged(url: str, run_id: str) -> None:
+    """Best effort: drop an unpublished run's scratch rows."""
+    try:
+        with connection(url) as conn:
+            conn.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
+    except Exception:
+        pass
 
 
 def record_run(conn: psycopg.Connection, result: ScoreResult, status: str,

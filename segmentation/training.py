@@ -24,6 +24,7 @@ from segmentation.clustering import (
     sample_frame,
 )
 from segmentation.db import connection
+from segmentation.errors import ModelError
 from segmentation.features import COLUMNS, FEATURES, feature_frame, feature_matrix
 from segmentation.registry import SavedVersion, promote, register_version
 from segmentation.scoring import iter_chunks
@@ -71,7 +72,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
                 ) -> TrainingResult:
     """Fit impute+scale+KMeans and the rules tree; ids aligned to `champion` if any."""
     if len(df) < 50:
-        raise ValueError(f"need at least 50 customers to train, got {len(df)}")
+        raise ModelError(f"need at least 50 customers to train, got {len(df)}")
     sample = sample_frame(df, sample_size, random_state)
     x = feature_matrix(sample)
     prep = build_pipeline(2, random_state)[:-1].fit(x)
@@ -163,7 +164,7 @@ def load_training_frame(url: str, sample_size: int | None, random_state: int) ->
     with connection(url) as conn:
         chunks = list(iter_chunks(conn, query, 100_000))
     if not chunks:
-        raise ValueError("no customers to train on: run `segmentation ingest` first")
+        raise ModelError("no customers to train on: run `segmentation ingest` first")
     return pd.concat(chunks, ignore_index=True)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from segmentation import scoring
 from segmentation.db import connection, conninfo
-from segmentation.errors import RunLocked
+from segmentation.errors import RunLocked, SegmentationError
 from tests.helpers import load_batch, query, register_champion, snapshot_segments
 
 
@@ -106,3 +106,45 @@ def test_killed_connection_mid_publish_leaves_table_unchanged(db: str, champion,
     monkeypatch.setattr(scoring, "publish", real_publish)
     rerun = scoring.score_customers(db, other, champion.names, mode="full")
     assert rerun.rows_scored == 5_000 and snapshot_segments(db) != before
+
+
+def stage_all(db: str, model, run_id: str, parts: int, mode="full"):  # type: ignore[no-untyped-def]
+    """Stage every hash partition of a run, as the Dask tasks do (here in turn)."""
+    return [scoring.stage_partition(db, model, mode, run_id, part, parts, chunk_rows=600)
+            for part in range(parts)]
+
+
+def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
+                                                                      champion) -> None:
+    single = scoring.score_customers(db, champion, champion.names, mode="full")
+    expected = [row[:4] for row in snapshot_segments(db)]
+    with connection(db) as conn:
+        conn.execute("TRUNCATE customer_segments, segment_history")
+    staged = stage_all(db, champion, "00000000-0000-4000-8000-000000000001", 4)
+    assert sum(p.rows for p in staged) == 5_000 and all(p.rows > 0 for p in staged)
+    result = scoring.publish_staged(db, champion, champion.names, "full",
+                                    "00000000-0000-4000-8000-000000000001", staged)
+    assert (result.rows_in, result.rows_changed) == (single.rows_in, single.rows_changed)
+    assert [row[:4] for row in snapshot_segments(db)] == expected
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+
+
+def test_retried_partition_replaces_its_rows(db: str, champion) -> None:
+    run = "00000000-0000-4000-8000-000000000002"
+    first = scoring.stage_partition(db, champion, "full", run, 1, 3)
+    again = scoring.stage_partition(db, champion, "full", run, 1, 3)
+    assert first.rows == again.rows
+    assert query(db, "SELECT count(*) FROM scoring_stage WHERE run_id = %s",
+                 (run,)) == [(first.rows,)]
+
+
+def test_incomplete_partitioned_run_is_not_published(db: str, champion) -> None:
+    scoring.score_customers(db, champion, champion.names, mode="full")
+    before = snapshot_segments(db)
+    other = dataclasses.replace(champion, label_to_segment=champion.label_to_segment[::-1])
+    run = "00000000-0000-4000-8000-000000000003"
+    staged = stage_all(db, other, run, 3)[:2]  # the last partition lost
+    with pytest.raises(SegmentationError, match=r"partitions \[0, 1\] of \[3\]"):
+        scoring.publish_staged(db, other, champion.names, "full", run, staged)
+    assert snapshot_segments(db) == before
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]

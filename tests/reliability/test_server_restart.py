@@ -1,0 +1,173 @@
+"""PostgreSQL restarted between runs and crashing during one, on a server the test owns.
+
+The shared test server cannot be restarted under other tests, so this module starts its own
+private PostgreSQL (the embedded server the CLI uses without SEGMENTATION_DATABASE_URL) and
+stops it with `pg_ctl -m immediate`: no checkpoint, no goodbye to clients, crash recovery
+on the next start. Committed runs must survive; an interrupted run must leave
+customer_segments as it was, and the rerun must complete with every row accounted for.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from segmentation import scoring
+from segmentation.db import apply_migrations
+from segmentation.embedded import DATABASE, ensure_embedded, pgdata_path, stop_embedded
+from segmentation.errors import SegmentationError
+from segmentation.ingest import ingest_csv
+from segmentation.validation import validate_batch
+from tests.helpers import load_batch, query, register_champion, snapshot_segments
+
+pytestmark = pytest.mark.reliability
+
+RUN_FAILED = (psycopg.OperationalError, SegmentationError)
+
+
+class OwnServer:
+    """A private PostgreSQL this module may crash and restart."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.url = ensure_embedded(home)
+
+    def crash(self) -> None:
+        """Stop like a power cut: immediate mode, clients cut off, recovery on next start."""
+        from segmentation.embedded import _pgserver
+
+        pgserver = _pgserver()
+        server = pgserver.get_server(pgdata_path(self.home), cleanup_mode=None)
+        pgserver.pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata_path(self.home)), "-m",
+                                          "immediate", "stop"),
+                               bin_path=server.bin_path, user=server.system_user)
+
+    def start(self) -> None:
+        """Start it again (crash recovery runs first); the URL stays the same."""
+        from segmentation.embedded import _pgserver
+
+        server = _pgserver().get_server(pgdata_path(self.home), cleanup_mode=None)
+        server.start()
+        assert ensure_embedded(self.home) == self.url
+
+    def reset(self) -> None:
+        """Empty the data tables between tests."""
+        from tests.conftest import truncate_all
+
+        truncate_all(self.url)
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServer]:
+    home = tmp_path_factory.mktemp("own-server")
+    server = OwnServer(home)
+    assert server.url.endswith(f"/{DATABASE}") or DATABASE in server.url
+    apply_migrations(server.url)
+    try:
+        yield server
+    finally:
+        stop_embedded(home)
+
+
+@pytest.fixture
+def own_db(own_server: OwnServer) -> str:
+    own_server.reset()
+    return own_server.url
+
+
+@pytest.fixture(scope="module")
+def csv_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from segmentation.generate import generate_csv
+
+    path = tmp_path_factory.mktemp("restart") / "customers.csv"
+    generate_csv(path, 100_000, seed=13)
+    return path
+
+
+def conserved(url: str) -> None:
+    """One row per valid customer, no duplicates, and every run adds up."""
+    assert query(url, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
+        == query(url, "SELECT count(*), count(*) FROM customers")
+    assert query(url, "SELECT count(*) FROM scoring_runs WHERE status = 'succeeded'"
+                      " AND rows_in <> rows_scored") == [(0,)]
+
+
+def test_restart_between_runs_keeps_every_committed_row(own_server: OwnServer, own_db: str,
+                                                        trained, models_dir: Path,
+                                                        synthetic_csv: Path,
+                                                        tmp_path: Path) -> None:
+    load_batch(own_db, synthetic_csv)
+    model = register_champion(own_db, trained, models_dir, "m-restart-1")
+    scoring.score_customers(own_db, model, model.names, mode="full")
+    published = snapshot_segments(own_db)
+
+    own_server.crash()
+    with pytest.raises(SegmentationError, match="cannot connect"):
+        scoring.score_customers(own_db, model, model.names)  # clear message while it is down
+    own_server.start()
+    assert snapshot_segments(own_db) == published  # the commit survived the crash
+    assert scoring.score_customers(own_db, model, model.names, mode="incremental").rows_in == 0
+
+    # tonight's batch is validated, the server restarts, then the scoring runs
+    lines = synthetic_csv.read_text().splitlines()
+    new = [lines[0]] + [",".join([f"NEW-{i}", *line.split(",")[1:]])
+                        for i, line in enumerate(lines[1:201])]
+    (tmp_path / "new.csv").write_text("\n".join(new) + "\n")
+    validate_batch(own_db, ingest_csv(own_db, tmp_path / "new.csv").batch_id)
+    own_server.crash()
+    own_server.start()
+    result = scoring.score_customers(own_db, model, model.names, mode="incremental")
+    assert (result.rows_in, result.rows_changed) == (200, 200)
+    conserved(own_db)
+    assert query(own_db, "SELECT count(*) FROM customer_segments") == [(5_200,)]
+
+
+def test_crash_mid_stream_then_rerun(own_server: OwnServer, own_db: str, trained,
+                                     models_dir: Path, csv_100k: Path) -> None:
+    load_batch(own_db, csv_100k)
+    model = register_champion(own_db, trained, models_dir, "m-restart-2")
+
+    def crash_after_first_chunk(rows: int, seconds: float) -> None:
+        own_server.crash()  # the reader and the writer lose the server mid-COPY
+
+    with pytest.raises(RUN_FAILED):
+        scoring.score_customers(own_db, model, model.names, mode="full", chunk_rows=10_000,
+                                progress=crash_after_first_chunk)
+    own_server.start()
+    assert snapshot_segments(own_db) == []
+    assert query(own_db, "SELECT count(*) FROM segment_history") == [(0,)]
+    result = scoring.score_customers(own_db, model, model.names, mode="full")
+    assert (result.rows_in, result.rows_scored, result.rows_changed) == \
+        (100_000, 100_000, 100_000)
+    conserved(own_db)
+
+
+def test_crash_before_the_publish_commits_then_rerun(own_server: OwnServer, own_db: str,
+                                                     trained, models_dir: Path,
+                                                     csv_100k: Path, monkeypatch) -> None:
+    import dataclasses
+
+    load_batch(own_db, csv_100k)
+    model = register_champion(own_db, trained, models_dir, "m-restart-3")
+    scoring.score_customers(own_db, model, model.names, mode="full")
+    before = snapshot_segments(own_db)
+    history = query(own_db, "SELECT count(*) FROM segment_history")
+    other = dataclasses.replace(model, label_to_segment=model.label_to_segment[::-1])
+    real_publish = scoring.publish
+
+    def publish_then_crash(conn, result, names, scored_at):  # type: ignore[no-untyped-def]
+        changed = real_publish(conn, result, names, scored_at)  # all written, not committed
+        own_server.crash()
+        return changed
+
+    monkeypatch.setattr(scoring, "publish", publish_then_crash)
+    with pytest.raises(RUN_FAILED):
+        scoring.score_customers(own_db, other, model.names, mode="full")
+    own_server.start()
+    assert snapshot_segments(own_db) == before
+    assert query(own_db, "SELECT count(*) FROM segment_history") == history
+    monkeypatch.setattr(scoring, "publish", real_publish)
+    rerun = scoring.score_customers(own_db, other, model.names, mode="full")
+    assert rerun.rows_scored == 100_000 and rerun.rows_changed > 0
+    conserved(own_db)
