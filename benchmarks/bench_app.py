@@ -29,7 +29,7 @@ from segmentation.generate import generate_csv  # noqa: E402
 from segmentation.ingest import ingest_csv  # noqa: E402
 from segmentation.training import load_training_frame, register_and_gate, train_model  # noqa: E402
 from segmentation.validation import validate_batch  # noqa: E402
-from streamlit_app.data import app_engine, lookup_customer  # noqa: E402
+from streamlit_app.data import lookup_customer, lookup_pool  # noqa: E402
 
 
 def timed(label: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -105,8 +105,8 @@ def main() -> None:
             ids = [r[0] for r in conn.execute(
                 "SELECT customer_id FROM customer_segments ORDER BY md5(customer_id)"
                 " LIMIT 300").fetchall()]
-        engine = app_engine(url)  # exactly the app's pool
-        lookup_customer(engine, ids[0])  # warm the pool
+        engine = lookup_pool(url)  # exactly the app's lookup pool
+        lookup_customer(engine, ids[0])
         samples = []
         for cid in ids[:200]:
             t0 = time.perf_counter()

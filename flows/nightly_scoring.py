@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
@@ -40,17 +40,19 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str],
 
 
 @db_task
-def check_ready(url: str) -> None:
+def check_ready(url: str, model_version: str,
+                mode: Literal["full", "incremental"]) -> scoring.RunStart:
     """Refuse before any work: schema current, no unvalidated or failed batch."""
-    scoring.check_ready(url)
+    return scoring.check_ready(url, model_version, mode)
 
 
 @db_task
 def score_partition(url: str, model: SegmentationModel, mode: Literal["full", "incremental"],
-                    run_id: str, part: int, parts: int,
-                    chunk_rows: int) -> scoring.PartitionResult:
+                    run_id: str, part: int, parts: int, chunk_rows: int,
+                    since: datetime | None) -> scoring.PartitionResult:
     """Score one hash partition into scoring_stage (a retry replaces the partition)."""
-    staged = scoring.stage_partition(url, model, mode, run_id, part, parts, chunk_rows)
+    staged = scoring.stage_partition(url, model, mode, run_id, part, parts, chunk_rows,
+                                     since)
     get_run_logger().info("partition %d/%d: %s rows in %.1f s", part + 1, parts,
                           f"{staged.rows:,}", staged.seconds)
     return staged
@@ -71,17 +73,16 @@ def partitioned_scoring(url: str, model: SegmentationModel, names: dict[int, str
                         mode: Literal["full", "incremental"], partitions: int, chunk_rows: int,
                         wait: bool) -> scoring.ScoreResult:
     """Score hash partitions of customer_id as parallel tasks, then publish them at once."""
-    started_at = datetime.now(UTC)
-    check_ready(url)
+    start = check_ready(url, model.version, mode)
     run_id = str(uuid.uuid4())
     try:
         staged = score_partition.map(unmapped(url), unmapped(model), unmapped(mode),
                                      unmapped(run_id), range(partitions), unmapped(partitions),
-                                     unmapped(chunk_rows)).result()
+                                     unmapped(chunk_rows), unmapped(start.since)).result()
     except BaseException:
         scoring.discard_staged(url, run_id)  # a lost partition: drop the others' scratch
         raise
-    return publish_partitions(url, model, names, mode, run_id, staged, wait, started_at)
+    return publish_partitions(url, model, names, mode, run_id, staged, wait, start.started_at)
 
 
 @flow(name="nightly-scoring", log_prints=True)

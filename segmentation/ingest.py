@@ -36,6 +36,8 @@ ENCODINGS = {"utf-8": "UTF8", "utf8": "UTF8", "latin1": "LATIN1", "latin-1": "LA
              "iso-8859-1": "LATIN1", "cp1252": "WIN1252", "windows-1252": "WIN1252"}
 
 
+ACCEPT_LOCK = 7_421_003  # advisory lock: accepting rows into customers vs scoring snapshots
+
 @dataclass
 class IngestResult:
     """What a load did, for the CLI and the flow."""
@@ -213,6 +215,9 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
 
     Returns (inserted, updated); unchanged rows keep their earlier batch and loaded_at.
     """
+    # Scoring takes its snapshot holding ACCEPT_LOCK (shared): rows stamped after this
+    # lock are newer than any run that could not see them (the incremental watermark).
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     excluded = sql.SQL(", ").join(
         sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)) for n in FEATURES)
@@ -220,7 +225,8 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     statement = sql.SQL(
         "WITH up AS ("
         " INSERT INTO customers AS c (customer_id, {features}, batch_id, loaded_at)"
-        " SELECT i.customer_id, {incoming}, i.batch_id, now() FROM customers_incoming i"
+        " SELECT i.customer_id, {incoming}, i.batch_id, statement_timestamp()"
+        " FROM customers_incoming i"
         " WHERE i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
         "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
         " ON CONFLICT (customer_id) DO UPDATE SET ({features}, batch_id, loaded_at)"
@@ -234,6 +240,8 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     row = conn.execute(statement, {"batch": batch_id}).fetchone()
     assert row is not None
     conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    # fresh statistics: tonight's incremental run plans "loaded since" as an index range
+    conn.execute("ANALYZE customers")
     conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
                  " WHERE batch_id = %s", (int(row[0]), int(row[1]), batch_id))
     return int(row[0]), int(row[1])

@@ -28,6 +28,7 @@ from segmentation.clustering import SegmentationModel
 from segmentation.db import connection, require_schema
 from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
+from segmentation.ingest import ACCEPT_LOCK
 from segmentation.validation import pending_batches
 
 SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
@@ -56,8 +57,10 @@ class ScoreResult:
 
 
 def select_customers(mode: Mode, model_version: str,
-                     partition: tuple[int, int] | None = None) -> sql.Composed:
-    """The customers a run reads: all, or those new/changed/scored by another model;
+                     partition: tuple[int, int] | None = None,
+                     since: datetime | None = None) -> sql.Composed:
+    """The customers a run reads: all, or those new/changed/scored by another model
+    (loaded after `since`, when known: an index range instead of a join of both tables);
     optionally only partition (i, n) by a hash of customer_id."""
     columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
     where: list[sql.Composable] = []
@@ -67,6 +70,8 @@ def select_customers(mode: Mode, model_version: str,
         source = sql.SQL("customers c LEFT JOIN customer_segments s USING (customer_id)")
         where.append(sql.SQL("(s.customer_id IS NULL OR s.model_version <> {}"
                              " OR c.loaded_at > s.scored_at)").format(sql.Literal(model_version)))
+        if since is not None:
+            where.append(sql.SQL("c.loaded_at > {}").format(sql.Literal(since)))
     if partition is not None:
         part, parts = partition
         where.append(sql.SQL("(hashtext(c.customer_id) & 2147483647) % {} = {}").format(
@@ -198,12 +203,45 @@ def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str]
     return changed
 
 
+def server_now(conn: psycopg.Connection) -> datetime:
+    """The database's clock: run times are compared with loaded_at, which it stamps."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    when: datetime = row[0]
+    return when
+
+
+def incremental_since(conn: psycopg.Connection, model_version: str) -> datetime | None:
+    """Start of the last successful run with this model: every customer accepted before
+    it was seen by that run (see open_snapshot). None: scan every customer."""
+    row = conn.execute("SELECT started_at, model_version FROM scoring_runs WHERE status ="
+                       " 'succeeded' ORDER BY started_at DESC LIMIT 1").fetchone()
+    if row is None or row[1] != model_version:
+        return None
+    since: datetime = row[0]
+    return since
+
+
+def open_snapshot(reader: psycopg.Connection) -> None:
+    """Take the reader's snapshot while no accept into customers is in flight.
+
+    Accepts hold ACCEPT_LOCK exclusively until they commit, so a row this snapshot misses
+    was stamped (loaded_at) after it, and after the run's start: the next incremental run
+    finds it above its watermark.
+    """
+    reader.execute("SELECT pg_advisory_lock_shared(%s)", (ACCEPT_LOCK,))
+    reader.commit()
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    reader.execute("SELECT 1")  # the snapshot is taken here, under the lock
+    reader.execute("SELECT pg_advisory_unlock_shared(%s)", (ACCEPT_LOCK,))
+
+
 def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection, copy_sql: str,
                   query: sql.Composed, model: SegmentationModel, chunk_rows: int,
                   progress: Progress | None = None) -> tuple[int, float]:
     """Reader COPY out -> predict per chunk -> writer COPY in; returns (rows, predict seconds)."""
     rows, predict_s, started = 0, 0.0, time.perf_counter()
-    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    open_snapshot(reader)
     with writer.cursor().copy(copy_sql) as sink:
         for chunk in iter_chunks(reader, query, chunk_rows):
             t0 = time.perf_counter()
@@ -225,14 +263,17 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *
     started_at = datetime.now(UTC)
     try:
         with connection(url) as writer, connection(url) as reader:
+            started_at = server_now(writer)
             require_schema(writer)
             refuse_blocked_batches(writer)
             acquire_run_lock(writer, wait)
+            since = incremental_since(writer, model.version) if mode == "incremental" else None
             writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
                            " ON COMMIT DROP")
             rows, predict_s = stream_scores(
                 reader, writer, "COPY scored_stage FROM STDIN (FORMAT csv)",
-                select_customers(mode, model.version), model, chunk_rows, progress)
+                select_customers(mode, model.version, since=since), model, chunk_rows,
+                progress)
             result.rows_in = result.rows_scored = rows
             result.timings["stream_s"] = round(time.perf_counter() - started, 3)
             result.timings["predict_s"] = round(predict_s, 3)
@@ -250,6 +291,8 @@ def finish_run(writer: psycopg.Connection, result: ScoreResult, names: dict[int,
     t0 = time.perf_counter()
     writer.execute("ANALYZE scored_stage")
     result.rows_changed = publish(writer, result, names, started_at)
+    if result.rows_changed:  # keep the planner's picture of the published table current
+        writer.execute("ANALYZE customer_segments")
     result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.seconds = round(time.perf_counter() - started, 3)
     record_run(writer, result, "succeeded", started_at)
@@ -266,15 +309,26 @@ class PartitionResult:
     seconds: float
 
 
-def check_ready(url: str) -> None:
+@dataclass
+class RunStart:
+    """When a partitioned run started (database clock) and its incremental watermark."""
+
+    started_at: datetime
+    since: datetime | None
+
+
+def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
     """Refuse before any work if the schema is old or a batch is unvalidated/failed."""
     with connection(url) as conn:
+        started_at = server_now(conn)
         require_schema(conn)
         refuse_blocked_batches(conn)
+        since = incremental_since(conn, model_version) if mode == "incremental" else None
+        return RunStart(started_at, since)
 
 
 def stage_partition(url: str, model: SegmentationModel, mode: Mode, run_id: str, part: int,
-                    parts: int, chunk_rows: int = 100_000,
+                    parts: int, chunk_rows: int = 100_000, since: datetime | None = None,
                     progress: Progress | None = None) -> PartitionResult:
     """Score one hash partition into scoring_stage under run_id (a retry replaces it)."""
     started = time.perf_counter()
@@ -285,7 +339,8 @@ def stage_partition(url: str, model: SegmentationModel, mode: Mode, run_id: str,
                        " ON COMMIT DROP")
         rows, predict_s = stream_scores(
             reader, writer, "COPY part_stage FROM STDIN (FORMAT csv)",
-            select_customers(mode, model.version, (part, parts)), model, chunk_rows, progress)
+            select_customers(mode, model.version, (part, parts), since), model, chunk_rows,
+            progress)
         writer.execute("INSERT INTO scoring_stage (run_id, part, customer_id, segment_id)"
                        " SELECT %s, %s, customer_id, segment_id FROM part_stage", (run_id, part))
     return PartitionResult(part, parts, rows, round(predict_s, 3),

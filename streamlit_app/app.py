@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -101,12 +102,18 @@ def overview(url: str) -> None:
                            "text/csv")
 
 
+@st.cache_resource
+def get_lookups(url: str) -> ConnectionPool:
+    """One small pool of autocommit connections for customer lookups."""
+    return data.lookup_pool(url)
+
+
 def lookup(engine: Engine, url: str) -> None:
     st.header("Customer lookup")
     customer_id = st.text_input("Customer id", key="lookup_id")
     if not customer_id:
         return
-    found = data.lookup_customer(engine, customer_id)
+    found = data.lookup_customer(get_lookups(url), customer_id)
     if found is None:
         st.warning(f"No scored customer with id {customer_id!r}.")
         return

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, text
 
-from segmentation.db import sa_engine
+from segmentation.db import conninfo, sa_engine
 from segmentation.features import FEATURES
 
 
@@ -60,14 +63,35 @@ def centroids_z(engine: Engine) -> pd.DataFrame:
     return pd.DataFrame(list(df["centroid_z"]), index=df["segment_id"])[list(FEATURES)]
 
 
-def lookup_customer(engine: Engine, customer_id: str) -> dict[str, Any] | None:
+LOOKUP = ("SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.*"
+          " FROM customer_segments s JOIN customers c USING (customer_id)"
+          " WHERE s.customer_id = %s")
+
+
+def lookup_pool(url: str, max_size: int = 50) -> ConnectionPool:
+    """Autocommit connections for one-row lookups: a prepared statement, and no reset or
+    ping round trip per call (after a server restart the dead connections are swept out
+    and the lookup retried once)."""
+    return ConnectionPool(conninfo(url), min_size=4, max_size=max_size, open=True,
+                          kwargs={"autocommit": True, "prepare_threshold": 0,
+                                  "row_factory": dict_row},
+                          name="lookups")
+
+
+def lookup_customer(pool: ConnectionPool, customer_id: str) -> dict[str, Any] | None:
     """A customer's segment and features, or None (one indexed row, no DataFrame)."""
-    with engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.*"
-            " FROM customer_segments s JOIN customers c USING (customer_id)"
-            " WHERE s.customer_id = :cid"), {"cid": customer_id}).mappings().first()
-    return None if row is None else dict(row)
+    if "\x00" in customer_id:  # PostgreSQL text cannot hold NUL: no such customer exists
+        return None
+    for attempt in (1, 2):
+        try:
+            with pool.connection() as conn:
+                row: dict[str, Any] | None = conn.execute(LOOKUP, (customer_id,)).fetchone()
+                return row
+        except psycopg.OperationalError:  # the server restarted since this connection opened
+            if attempt == 2:
+                raise
+            pool.check()  # drop every other dead idle connection too, then retry once
+    return None
 
 
 def segment_centroid(engine: Engine, version: str, segment_id: int) -> dict[str, float]:

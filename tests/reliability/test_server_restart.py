@@ -171,3 +171,22 @@ def test_crash_before_the_publish_commits_then_rerun(own_server: OwnServer, own_
     rerun = scoring.score_customers(own_db, other, model.names, mode="full")
     assert rerun.rows_scored == 100_000 and rerun.rows_changed > 0
     conserved(own_db)
+
+
+def test_app_lookups_survive_a_restart(own_server: OwnServer, own_db: str, trained,
+                                       models_dir: Path, synthetic_csv: Path) -> None:
+    from streamlit_app.data import lookup_customer, lookup_pool
+
+    load_batch(own_db, synthetic_csv)
+    model = register_champion(own_db, trained, models_dir, "m-restart-4")
+    scoring.score_customers(own_db, model, model.names, mode="full")
+    (cid, segment), = query(own_db, "SELECT customer_id, segment_id FROM customer_segments"
+                                    " LIMIT 1")
+    pool = lookup_pool(own_db, max_size=4)
+    try:
+        assert lookup_customer(pool, cid)["segment_id"] == segment
+        own_server.crash()
+        own_server.start()  # every pooled connection is now dead
+        assert lookup_customer(pool, cid)["segment_id"] == segment
+    finally:
+        pool.close()

@@ -148,3 +148,45 @@ def test_incomplete_partitioned_run_is_not_published(db: str, champion) -> None:
         scoring.publish_staged(db, other, champion.names, "full", run, staged)
     assert snapshot_segments(db) == before
     assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+
+
+def test_snapshot_waits_for_an_accept_in_flight(db: str, champion) -> None:
+    """The incremental watermark is safe: a scoring snapshot never starts while rows are
+    being accepted into customers, so it sees them or they are stamped after the run."""
+    from segmentation.ingest import ACCEPT_LOCK
+
+    accept = psycopg.connect(conninfo(db))
+    accept.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
+    accept.execute("INSERT INTO customers (customer_id, batch_id) VALUES ('IN-FLIGHT', 'b')")
+    seen: list[int] = []
+
+    def snapshot_and_count() -> None:
+        with connection(db) as reader:
+            scoring.open_snapshot(reader)
+            row = reader.execute("SELECT count(*) FROM customers"
+                                 " WHERE customer_id = 'IN-FLIGHT'").fetchone()
+            seen.append(row[0] if row else -1)
+
+    thread = threading.Thread(target=snapshot_and_count)
+    thread.start()
+    thread.join(1.0)
+    assert not seen, "the snapshot must wait for the accept to commit"
+    accept.commit()
+    accept.close()
+    thread.join(30)
+    assert seen == [1]
+
+
+def test_watermark_is_the_last_successful_run_of_this_model(db: str, champion) -> None:
+    with connection(db) as conn:
+        assert scoring.incremental_since(conn, champion.version) is None  # never scored
+    first = scoring.score_customers(db, champion, champion.names, mode="incremental")
+    assert first.rows_in == 5_000
+    with connection(db) as conn:
+        (started,), = conn.execute("SELECT started_at FROM scoring_runs").fetchall()
+        assert scoring.incremental_since(conn, champion.version) == started
+        assert scoring.incremental_since(conn, "another-model") is None  # rescore everyone
+        conn.execute("INSERT INTO scoring_runs (run_id, model_version, mode, status,"
+                     " started_at) VALUES (gen_random_uuid(), %s, 'full', 'failed', now())",
+                     (champion.version,))
+        assert scoring.incremental_since(conn, champion.version) == started  # failed: no
