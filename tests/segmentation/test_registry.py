@@ -44,6 +44,14 @@ def test_one_flipped_byte_is_refused(db: str, trained, models_dir: Path) -> None
         registry.load_version(conn, "m-flip")
 
 
+def test_truncated_model_file_is_refused(db: str, trained, models_dir: Path) -> None:
+    saved = save_and_register(db, trained, models_dir, "m-cut")
+    path = saved.path / registry.MODEL_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # a half-copied file
+    with connection(db) as conn, pytest.raises(ModelError, match="does not match the registry"):
+        registry.load_version(conn, "m-cut")
+
+
 def test_other_sklearn_version_is_refused(db: str, trained, models_dir: Path) -> None:
     saved = save_and_register(db, trained, models_dir, "m-skl")
     meta_path = saved.path / "metadata.json"
