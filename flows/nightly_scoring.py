@@ -51,10 +51,16 @@ def score_partition(url: str, model: SegmentationModel, mode: Literal["full", "i
                     run_id: str, part: int, parts: int, chunk_rows: int,
                     since: datetime | None) -> scoring.PartitionResult:
     """Score one hash partition into scoring_stage (a retry replaces the partition)."""
+    logger = get_run_logger()
+
+    def progress(rows: int, seconds: float) -> None:
+        logger.info("partition %d/%d: %s rows (%.0f rows/s)", part + 1, parts, f"{rows:,}",
+                    rows / max(seconds, 1e-9))
+
     staged = scoring.stage_partition(url, model, mode, run_id, part, parts, chunk_rows,
-                                     since)
-    get_run_logger().info("partition %d/%d: %s rows in %.1f s", part + 1, parts,
-                          f"{staged.rows:,}", staged.seconds)
+                                     since, progress)
+    logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
+                f"{staged.rows:,}", staged.seconds)
     return staged
 
 

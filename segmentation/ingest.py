@@ -219,27 +219,34 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     # lock are newer than any run that could not see them (the incremental watermark).
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
-    excluded = sql.SQL(", ").join(
-        sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)) for n in FEATURES)
+    incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
     current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
-    statement = sql.SQL(
-        "WITH up AS ("
-        " INSERT INTO customers AS c (customer_id, {features}, batch_id, loaded_at)"
+    kept = sql.SQL("i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
+                   " WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)")
+    # Known customers whose values changed, then new ones: plain UPDATE and INSERT, so
+    # unchanged rows cost one join probe and are never written (no ON CONFLICT per row).
+    updated = conn.execute(sql.SQL(
+        "UPDATE customers c SET ({features}, batch_id, loaded_at) = ({incoming}, i.batch_id,"
+        " statement_timestamp()) FROM customers_incoming i WHERE i.customer_id = c.customer_id"
+        " AND {kept} AND ({current}) IS DISTINCT FROM ({incoming})").format(
+            features=features, incoming=incoming, current=current, kept=kept),
+        {"batch": batch_id}).rowcount
+    inserted = conn.execute(sql.SQL(
+        "INSERT INTO customers (customer_id, {features}, batch_id, loaded_at)"
         " SELECT i.customer_id, {incoming}, i.batch_id, statement_timestamp()"
-        " FROM customers_incoming i"
-        " WHERE i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
-        "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
-        " ON CONFLICT (customer_id) DO UPDATE SET ({features}, batch_id, loaded_at)"
-        "  = ({excluded}, EXCLUDED.batch_id, EXCLUDED.loaded_at)"
-        "  WHERE ({current}) IS DISTINCT FROM ({excluded})"
-        " RETURNING (xmax = 0) AS inserted)"
-        " SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
-    ).format(features=features, excluded=excluded, current=current,
-             incoming=sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n))
-                                         for n in FEATURES))
-    row = conn.execute(statement, {"batch": batch_id}).fetchone()
-    assert row is not None
-    conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+        " FROM customers_incoming i WHERE {kept} AND NOT EXISTS (SELECT 1 FROM customers c"
+        " WHERE c.customer_id = i.customer_id)").format(
+            features=features, incoming=incoming, kept=kept), {"batch": batch_id}).rowcount
+    # The landed rows are done with. Alone in the table: TRUNCATE (instant) instead of a
+    # DELETE of every row; the lock first, so no other batch can land in between.
+    conn.execute("LOCK TABLE customers_incoming IN ACCESS EXCLUSIVE MODE")
+    others = conn.execute("SELECT EXISTS (SELECT 1 FROM customers_incoming"
+                          " WHERE batch_id <> %s)", (batch_id,)).fetchone()
+    if others and others[0]:
+        conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    else:
+        conn.execute("TRUNCATE customers_incoming")
+    row = (inserted, updated)
     # fresh statistics: tonight's incremental run plans "loaded since" as an index range
     conn.execute("ANALYZE customers")
     conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"

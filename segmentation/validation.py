@@ -9,6 +9,7 @@ the allowed share quarantined, fails the batch: nothing reaches `customers`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
-from segmentation.contract import Rule, contract_rules, describe
+from segmentation.contract import DERIVED, Rule, contract_rules, describe
 from segmentation.db import connection, require_schema
 from segmentation.errors import SegmentationError
 from segmentation.features import FEATURES
@@ -30,7 +31,6 @@ from segmentation.ingest import accept_batch
 
 EXAMPLES = 3
 PSI_BANDS = ((0.25, "major shift"), (0.10, "moderate shift"))  # below 0.10: stable
-BATCH_SUBQUERY = "(SELECT * FROM customers_incoming WHERE batch_id = %(batch)s) AS batch"
 
 
 @dataclass
@@ -102,13 +102,39 @@ def build_suite(context: Any, rules: list[Rule]) -> Any:
     return suite
 
 
-def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0,
+def view_name(batch_id: str) -> str:
+    """The batch view's name: one per batch, a valid identifier whatever the batch id."""
+    return "validation_batch_" + hashlib.md5(batch_id.encode()).hexdigest()[:16]
+
+
+def create_batch_view(url: str, batch_id: str) -> str:
+    """One batch of customers_incoming as a view, with the contract's derived columns.
+
+    GX validates the view as a whole table: no partition discovery (a DISTINCT over the
+    landing table), and cross-column rules are plain column rules GX bundles together.
+    """
+    name = view_name(batch_id)
+    derived = sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.SQL(expr), sql.Identifier(col))
+                                 for col, expr in DERIVED.items())
+    with connection(url) as conn:
+        conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT *, {} FROM customers_incoming"
+                             " WHERE batch_id = {}").format(
+            sql.Identifier(name), derived, sql.Literal(batch_id)))
+    return name
+
+
+def drop_batch_view(url: str, batch_id: str) -> None:
+    """Remove the batch view (validation is over, or starting again)."""
+    with connection(url) as conn:
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(view_name(batch_id))))
+
+
+def run_gx(url: str, table: str, rules: list[Rule], id_limit: int = 0,
            docs_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Run rules with a GX Checkpoint on the batch: pass/fail only (id_limit 0), or with
-    counts, examples and up to id_limit failing ids per rule; optionally write Data Docs."""
+    """Run rules with a GX Checkpoint on the batch view: pass/fail only (id_limit 0), or
+    with counts, examples and up to id_limit failing ids per rule; optionally Data Docs."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
-    from great_expectations.core.partitioners import PartitionerColumnValue
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -116,12 +142,9 @@ def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0,
     # the generic SQL source: it also takes Unix-socket URLs (the embedded server), which
     # the Postgres source's DSN validation rejects; the SQL is pushed down the same way
     source = context.data_sources.add_sql(name="segmentation", connection_string=url)
-    asset = source.add_table_asset(name="customers_incoming", table_name="customers_incoming")
-    # GX only validates date partitions of SQL assets by default; batch_id is a text key.
     # (A query asset per batch was tried: GX runs the whole query to learn its columns.)
-    batches = asset.add_batch_definition(
-        name="by_batch", partitioner=PartitionerColumnValue(column_name="batch_id"),
-        validate_partitioner=False)
+    asset = source.add_table_asset(name="customers_batch", table_name=table)
+    batches = asset.add_batch_definition_whole_table(name="batch")
     suite = build_suite(context, rules)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="customers_batch", data=batches, suite=suite))
@@ -148,7 +171,7 @@ def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0,
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name="customers_contract", validation_definitions=[definition],
         result_format=result_format, actions=actions))
-    result = checkpoint.run(batch_parameters={"batch_id": batch_id})
+    result = checkpoint.run()
     outcomes = []
     for run in result.run_results.values():
         for item in run.results:
@@ -160,8 +183,7 @@ def run_gx(url: str, batch_id: str, rules: list[Rule], id_limit: int = 0,
     return outcomes
 
 
-def _interpret(url: str, batch_id: str, rules: list[Rule],
-               raw: list[dict[str, Any]]) -> list[RuleOutcome]:
+def _interpret(rules: list[Rule], raw: list[dict[str, Any]]) -> list[RuleOutcome]:
     """GX results -> outcomes with counts, examples and (for row rules) every failing id."""
     by_key = {r.key: r for r in rules}
     outcomes = []
@@ -169,30 +191,16 @@ def _interpret(url: str, batch_id: str, rules: list[Rule],
         rule = by_key[item["rule"]]
         result = item["result"] or {}
         outcome = RuleOutcome(rule, item["success"])
-        if rule.expectation == "UnexpectedRowsExpectation":  # GX counts; we fetch every id
-            outcome.unexpected = int(result.get("observed_value") or 0)
-            if rule.tier == "row" and outcome.unexpected:
-                outcome.ids = _unexpected_ids(url, batch_id, rule)
-                outcome.examples = [repr(i) for i in outcome.ids[:EXAMPLES]]
-        else:
-            outcome.unexpected = int(result.get("unexpected_count") or 0)
-            index = result.get("unexpected_index_list") or []
-            outcome.ids = [str(row["customer_id"]) for row in index]
-            outcome.examples = [f"{row['customer_id']!r} ({row.get(rule.column)})"
-                                for row in index[:EXAMPLES]]
+        outcome.unexpected = int(result.get("unexpected_count") or 0)
+        index = result.get("unexpected_index_list") or []
+        outcome.ids = [str(row["customer_id"]) for row in index]
+        outcome.examples = [f"{row['customer_id']!r} ({row.get(rule.column)})"
+                            for row in index[:EXAMPLES]]
         if item.get("error"):
             outcome.success = False
             outcome.error = str(item["error"]).strip().splitlines()[0][:300]
         outcomes.append(outcome)
     return outcomes
-
-
-def _unexpected_ids(url: str, batch_id: str, rule: Rule) -> list[str]:
-    """All ids an UnexpectedRowsExpectation flags (GX returns only the first rows)."""
-    query = rule.kwargs["unexpected_rows_query"].replace("{batch}", BATCH_SUBQUERY)
-    with connection(url) as conn:
-        rows = conn.execute(sql.SQL(query), {"batch": batch_id}).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 MAJOR_DRIFT = PSI_BANDS[0][0]
@@ -301,14 +309,18 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
         raise SegmentationError(f"batch {batch_id} is already {status}")
     rules = contract_rules()
     allowed = int(max_quarantine_share * rows_in)
-    first = {r["rule"]: r for r in run_gx(url, batch_id, rules, docs_dir=docs_dir)}
-    failing = [rule for rule in rules if not first[rule.key]["success"]]
-    detailed: dict[str, RuleOutcome] = {}
-    for group, limit in (([r for r in failing if r.tier == "row"], allowed + 1),  # every id
-                         ([r for r in failing if r.tier != "row"], EXAMPLES)):  # examples
-        if group:
-            found = _interpret(url, batch_id, group, run_gx(url, batch_id, group, limit))
-            detailed.update({o.rule.key: o for o in found})
+    table = create_batch_view(url, batch_id)
+    try:
+        first = {r["rule"]: r for r in run_gx(url, table, rules, docs_dir=docs_dir)}
+        failing = [rule for rule in rules if not first[rule.key]["success"]]
+        detailed: dict[str, RuleOutcome] = {}
+        for group, limit in (([r for r in failing if r.tier == "row"], allowed + 1),  # all ids
+                             ([r for r in failing if r.tier != "row"], EXAMPLES)):  # examples
+            if group:
+                found = _interpret(group, run_gx(url, table, group, limit))
+                detailed.update({o.rule.key: o for o in found})
+    finally:
+        drop_batch_view(url, batch_id)
     outcomes = [detailed.get(rule.key) or RuleOutcome(rule, True) for rule in rules]
     gx_seconds = time.perf_counter() - started
     failures = [o.line() for o in outcomes if o.rule.tier == "schema" and not o.success]

@@ -69,7 +69,7 @@ def test_connection_killed_during_validation_is_re_evaluated(db: str, big_csv: P
     """GX records a dropped connection as a rule error; the detail pass re-runs those rules
     on a fresh connection, so the verdict is still the true one."""
     batch = ingest_csv(db, big_csv).batch_id
-    killer = kill_backends_running(db, "%customers_incoming%sum(%")  # GX's aggregate query
+    killer = kill_backends_running(db, "%validation_batch_%sum(%")  # GX's aggregate query
     report = validate_batch(db, batch)
     killer.join()
     assert report.success, report.summary()
