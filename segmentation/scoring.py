@@ -166,11 +166,11 @@ def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str]
     """
     params = {"v": result.model_version, "ts": scored_at, "run": result.run_id,
               "ids": list(names), "names": [names[s] for s in names],
+              # incremental: every selected row is new or changed since it was scored
               "touch_all": result.mode == "incremental"}
     conn.execute("CREATE TEMP TABLE segment_names ON COMMIT DROP AS"
                  " SELECT * FROM unnest(%(ids)s::smallint[], %(names)s::text[]) AS n(id, name)",
                  params)
-    # incremental: every selected row is new or changed since it was scored: re-stamp it
     conn.execute("SET LOCAL work_mem = '256MB'")  # the diff's hash join and sort in memory
     conn.execute(
         "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
@@ -213,7 +213,7 @@ def server_now(conn: psycopg.Connection) -> datetime:
 
 def incremental_since(conn: psycopg.Connection, model_version: str) -> datetime | None:
     """Start of the last successful run with this model: every customer accepted before
-    it was seen by that run (see open_snapshot). None: scan every customer."""
+    that moment was seen by that run (see open_snapshot). None: scan every customer."""
     row = conn.execute("SELECT started_at, model_version FROM scoring_runs WHERE status ="
                        " 'succeeded' ORDER BY started_at DESC LIMIT 1").fetchone()
     if row is None or row[1] != model_version:
