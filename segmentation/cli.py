@@ -199,14 +199,17 @@ def batches_list() -> None:
 def batches_discard(batch_id: str) -> None:
     """Give up on a failed or unvalidated batch so scoring can go on without it."""
     from segmentation.db import connection
+    from segmentation.validation import drop_batch_view
 
-    with connection(_url()) as conn:
+    url = _url()
+    with connection(url) as conn:
         row = conn.execute("UPDATE ingest_batches SET status = 'discarded' WHERE batch_id = %s"
                            " AND status IN ('loaded', 'failed') RETURNING batch_id",
                            (batch_id,)).fetchone()
         if row is None:
             raise SegmentationError(f"no failed or unvalidated batch {batch_id!r}")
         conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    drop_batch_view(url, batch_id)  # left behind if a validation was killed
     typer.echo(f"batch {batch_id} discarded")
 
 

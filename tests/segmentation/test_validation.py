@@ -196,3 +196,14 @@ def test_data_docs_are_written_when_asked(db: str, tmp_path: Path) -> None:
     assert (docs / "index.html").is_file()
     pages = list((docs / "validations").rglob("*.html"))
     assert pages and "cash_advance_frequency" in pages[0].read_text()
+
+
+def test_batch_view_is_dropped_after_validation(db: str, tmp_path: Path) -> None:
+    """GX reads a per-batch view; none is left behind, whether the batch passes or fails."""
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("\n".join([HEADER, *rows(50)]) + "\n")
+    bad.write_text("\n".join([HEADER, *rows(50, start=100, tenure="40")]) + "\n")
+    assert validate_batch(db, ingest_csv(db, good).batch_id).success
+    assert not validate_batch(db, ingest_csv(db, bad).batch_id).success
+    assert query(db, "SELECT count(*) FROM pg_views WHERE viewname LIKE 'validation_batch%%'") \
+        == [(0,)]
