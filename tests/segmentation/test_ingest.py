@@ -35,6 +35,9 @@ def test_synthetic_file_lands_every_row_for_validation(db: str, synthetic_csv: P
         [(5_000, 1)]
     assert query(db, "SELECT rows_in, status FROM ingest_batches") == [(5_000, "loaded")]
     assert query(db, "SELECT count(*) FROM customers") == [(0,)], "not before validation"
+    # analysed: the planner knows the batch's size (validation scans it on parallel workers)
+    assert query(db, "SELECT reltuples FROM pg_class WHERE relname = 'customers_incoming'") \
+        == [(5_000,)]
 
 
 def test_accepting_the_same_file_twice_changes_nothing(db: str, synthetic_csv: Path) -> None:
@@ -47,12 +50,18 @@ def test_accepting_the_same_file_twice_changes_nothing(db: str, synthetic_csv: P
     assert query(db, "SELECT count(*) FROM customers_incoming") == [(0,)]
 
 
-def test_changed_rows_are_updated(db: str, tmp_path: Path) -> None:
+def test_changed_rows_are_updated_new_ones_inserted(db: str, tmp_path: Path) -> None:
     load_batch(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])))
-    load_batch(db, write(tmp_path, csv_text([ROW.replace(",40.9,", ",99.5,")]), "b.csv"))
+    first = query(db, "SELECT batch_id, loaded_at FROM customers WHERE customer_id = 'C2'")
+    load_batch(db, write(tmp_path, csv_text([ROW.replace(",40.9,", ",99.5,"),  # changed
+                                             ROW.replace("C1,", "C2,"),  # unchanged
+                                             ROW.replace("C1,", "C3,")]), "b.csv"))  # new
     assert query(db, "SELECT rows_inserted, rows_updated FROM ingest_batches"
-                     " ORDER BY loaded_at") == [(2, 0), (0, 1)]
-    assert query(db, "SELECT balance FROM customers WHERE customer_id = 'C1'") == [(99.5,)]
+                     " ORDER BY loaded_at") == [(2, 0), (1, 1)]
+    assert query(db, "SELECT customer_id, balance FROM customers ORDER BY customer_id") == \
+        [("C1", 99.5), ("C2", 40.9), ("C3", 40.9)]
+    assert query(db, "SELECT batch_id, loaded_at FROM customers WHERE customer_id = 'C2'") \
+        == first, "an unchanged row is not rewritten"
 
 
 def test_snake_case_headers_and_nulls(db: str, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from segmentation.db import connection
 from segmentation.errors import IngestError, ValidationFailed
 from segmentation.features import ORIGINAL_HEADERS
 from segmentation.ingest import ingest_csv
-from segmentation.validation import psi, validate_batch
+from segmentation.validation import feature_psi, psi, validate_batch
 from tests.helpers import load_batch, query, register_champion, snapshot_segments
 
 ROW = "C1,40.9,0.81,95.4,0,95.4,0,0.16,0,0.08,0,0,2,1000,201.8,139.5,0,12"
@@ -180,6 +180,45 @@ def test_psi_bands() -> None:
     same = [0.1] * 10
     assert psi(same, same) == pytest.approx(0)
     assert psi(same, [0.3, 0.3] + [0.05] * 8) > 0.25
+
+
+def test_feature_psi_counts_the_buckets_of_width_bucket(db: str, synthetic_csv: Path,
+                                                       synthetic_frame) -> None:
+    import numpy as np
+
+    from segmentation.features import FEATURES
+    from segmentation.training import reference_distribution
+
+    # the reference: the same customers with balance doubled, so balance drifts
+    shifted = synthetic_frame[list(FEATURES)].astype(float).copy()
+    shifted["balance"] *= 2
+    reference = reference_distribution(shifted.to_numpy())
+    batch = ingest_csv(db, synthetic_csv)
+    with connection(db) as conn:
+        exact = feature_psi(conn, batch.batch_id, reference, batch.rows_in, sample_rows=10**9)
+        sampled = feature_psi(conn, batch.batch_id, reference, batch.rows_in, sample_rows=2_000)
+    for feature, ref in reference.items():  # the same buckets, computed in numpy
+        values = synthetic_frame[feature].dropna().to_numpy(dtype=float)
+        shares = np.bincount(np.searchsorted(ref["edges"], values, side="right"),
+                             minlength=len(ref["proportions"])) / len(values)
+        assert exact[feature] == pytest.approx(psi(ref["proportions"], list(shares)))
+        assert sampled[feature] == pytest.approx(exact[feature], abs=0.05)
+    assert exact["balance"] > 0.25 and sampled["balance"] > 0.25
+    assert max(v for f, v in exact.items() if f != "balance") < 0.01
+
+
+def test_a_clean_batch_takes_one_gx_pass_and_counts_its_warnings(
+        db: str, synthetic_csv: Path, synthetic_frame, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segmentation import validation
+
+    passes: list[int] = []
+    real = validation.run_gx
+    monkeypatch.setattr(validation, "run_gx",
+                        lambda *a, **k: passes.append(len(a[2])) or real(*a, **k))
+    report = validate_batch(db, ingest_csv(db, synthetic_csv).batch_id)
+    nulls = int(synthetic_frame["minimum_payments"].isna().sum())
+    assert nulls and f"[warning] minimum_payments is not null: {nulls:,} row(s)" in report.warnings
+    assert passes == [len(contract_rules())], "the null counts come from the first pass"
 
 
 def test_small_batches_do_not_claim_drift(db: str, scored, tmp_path: Path) -> None:
