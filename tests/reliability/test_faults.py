@@ -128,7 +128,9 @@ def test_scoring_process_killed_mid_run_then_rerun(db: str, trained, models_dir:
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert snapshot_segments(db) == []  # nothing half-published
-    result = scoring.score_customers(db, model, model.names, mode="full")
+    # the killed run's server session can outlive the kill by a few milliseconds, holding
+    # the run lock until it reads the closed socket: the rerun queues behind it (--wait)
+    result = scoring.score_customers(db, model, model.names, mode="full", wait=True)
     assert (result.rows_in, result.rows_scored) == (200_000, 200_000)
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
         == [(200_000, 200_000)]
