@@ -222,9 +222,13 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
     current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
-    conn.execute("SET LOCAL work_mem = '256MB'")  # the join's hash table in memory
     # One join finds the new and the changed rows; then plain UPDATE and INSERT of just
-    # those, so an unchanged row costs one hash probe and is never written.
+    # those, so an unchanged row is compared once and never written. Both sides are
+    # indexed by customer_id, so the join is a merge in key order: a hash join spills once
+    # customers outgrows work_mem (10 M rows: 27 s hashed, 9.7 s merged; 1 M: 1.5-3.0 s
+    # and 1.4-2.0 s).
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    conn.execute("SET LOCAL enable_hashjoin = off")
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE accept_changes ON COMMIT DROP AS"
         " SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
@@ -233,6 +237,7 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
         " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
             incoming=incoming, current=current), {"batch": batch_id})
+    conn.execute("SET LOCAL enable_hashjoin = on")
     conn.execute("ANALYZE accept_changes")  # few changes: index probes, not a hash join
     updated = conn.execute(sql.SQL(
         "UPDATE customers c SET ({features}, batch_id, loaded_at) = ({incoming}, %(batch)s,"
