@@ -237,7 +237,7 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
         " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
             incoming=incoming, current=current), {"batch": batch_id})
-    conn.execute("SET LOCAL enable_hashjoin = on")
+    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")  # the server's setting again
     conn.execute("ANALYZE accept_changes")  # few changes: index probes, not a hash join
     updated = conn.execute(sql.SQL(
         "UPDATE customers c SET ({features}, batch_id, loaded_at) = ({incoming}, %(batch)s,"
@@ -260,7 +260,6 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
     else:
         conn.execute("TRUNCATE customers_incoming")
-    conn.execute("DROP TABLE accept_changes")
     # fresh statistics: tonight's incremental run plans "loaded since" as an index range
     conn.execute("ANALYZE customers")
     conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"

@@ -3,8 +3,8 @@
 GX evaluates the contract (segmentation.contract) on a view of one batch of
 `customers_incoming`, so the data never leaves the database.  Row rules return the failing
 customer ids; those rows go to `customers_quarantine` with every rule they broke, the rest
-are accepted into `customers`.  A schema failure, or more than
-the allowed share quarantined, fails the batch: nothing reaches `customers`.
+are accepted into `customers`.  A schema failure, or more than the allowed share
+quarantined, fails the batch: nothing reaches `customers`.
 """
 
 from __future__ import annotations

@@ -186,11 +186,11 @@ def test_feature_psi_counts_the_buckets_of_width_bucket(db: str, synthetic_csv: 
                                                        synthetic_frame) -> None:
     import numpy as np
 
-    from segmentation.features import FEATURES
+    from segmentation.features import feature_frame
     from segmentation.training import reference_distribution
 
     # the reference: the same customers with balance doubled, so balance drifts
-    shifted = synthetic_frame[list(FEATURES)].astype(float).copy()
+    shifted = feature_frame(synthetic_frame)
     shifted["balance"] *= 2
     reference = reference_distribution(shifted.to_numpy())
     batch = ingest_csv(db, synthetic_csv)
