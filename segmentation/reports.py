@@ -119,10 +119,11 @@ def retrain_markdown(result: TrainingResult, status: str) -> str:
 def scoring_summary(result: ScoreResult) -> str:
     """One line for the CLI and logs."""
     rate = result.rows_scored / result.seconds if result.seconds else 0.0
+    how = f", published by {result.published_by}" if result.published_by else ""
     return (f"run {result.run_id} ({result.mode}, model {result.model_version}): "
             f"{result.rows_in:,} in, {result.rows_scored:,} scored, "
             f"{result.rows_quarantined:,} quarantined, {result.rows_changed:,} changed, "
-            f"{result.seconds:.1f}s ({rate:,.0f} rows/s)")
+            f"{result.seconds:.1f}s ({rate:,.0f} rows/s{how})")
 
 
 def scoring_markdown(result: ScoreResult) -> str:

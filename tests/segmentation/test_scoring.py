@@ -84,10 +84,12 @@ def test_waiting_run_proceeds_after_the_first(db: str, champion) -> None:
     assert done and done[0].rows_scored == 5_000
 
 
-def test_killed_connection_mid_publish_leaves_table_unchanged(db: str, champion,
-                                                              monkeypatch) -> None:
+@pytest.mark.parametrize("swap_share", [0.25, float("inf")], ids=["swap", "upsert"])
+def test_killed_connection_mid_publish_leaves_table_unchanged(db: str, champion, monkeypatch,
+                                                              swap_share: float) -> None:
     scoring.score_customers(db, champion, champion.names, mode="full")
     before = snapshot_segments(db)
+    monkeypatch.setattr(scoring, "SWAP_SHARE", swap_share)
     other = dataclasses.replace(champion, label_to_segment=champion.label_to_segment[::-1])
     real_publish = scoring.publish
 
@@ -106,6 +108,73 @@ def test_killed_connection_mid_publish_leaves_table_unchanged(db: str, champion,
     monkeypatch.setattr(scoring, "publish", real_publish)
     rerun = scoring.score_customers(db, other, champion.names, mode="full")
     assert rerun.rows_scored == 5_000 and snapshot_segments(db) != before
+    assert rerun.published_by == ("swap" if swap_share < 1 else "upsert")
+
+
+def rescored(rows: list[tuple], model, frame) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """customer_id -> segment as model predicts it, for the ids in rows."""
+    expected = dict(zip(frame["customer_id"], model.predict(frame), strict=True))
+    return {row[0]: expected[row[0]] for row in rows}
+
+
+def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion, tmp_path,
+                                                              synthetic_csv: Path,
+                                                              synthetic_frame) -> None:
+    first = scoring.score_customers(db, champion, champion.names, mode="incremental")
+    assert first.published_by == "swap"  # every row is new
+    other = dataclasses.replace(champion, version="m-score-2",
+                                label_to_segment=champion.label_to_segment[::-1])
+    with connection(db) as conn:
+        conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
+                     " SELECT 'm-score-2', 'challenger', k, metrics, path, sha256"
+                     " FROM model_versions WHERE version = %s", (champion.version,))
+    retrained = scoring.score_customers(db, other, champion.names, mode="incremental")
+    assert (retrained.published_by, retrained.rows_in, retrained.rows_changed) == \
+        ("swap", 5_000, 5_000)  # a new model: every customer rescored, every one moved
+    rows = snapshot_segments(db)
+    assert len(rows) == 5_000
+    assert {r[0]: r[1] for r in rows} == rescored(rows, other, synthetic_frame)
+    assert {r[3] for r in rows} == {"m-score-2"}
+    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM segment_history"
+                     " WHERE new_model_version = 'm-score-2'") == [(5_000, 5_000)]
+    lines = synthetic_csv.read_text().splitlines()
+    new = lines[1].split(",")
+    new[0] = "NEW-SWAP"
+    delta = tmp_path / "delta.csv"
+    delta.write_text("\n".join([lines[0], ",".join(new)]) + "\n")
+    load_batch(db, delta)
+    small = scoring.score_customers(db, other, champion.names, mode="incremental")
+    assert (small.published_by, small.rows_in) == ("upsert", 1)
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(5_001,)]
+    assert query(db, "SELECT run_id::text, published_by FROM scoring_runs"
+                     " ORDER BY started_at") == [(first.run_id, "swap"),
+                                                (retrained.run_id, "swap"),
+                                                (small.run_id, "upsert")]
+    # the parent keeps one partition, with both indexes, and the views still read it
+    assert query(db, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                     " WHERE inhparent = 'customer_segments'::regclass") == \
+        [("customer_segments_p",)]
+    assert query(db, "SELECT indexname FROM pg_indexes WHERE tablename ="
+                     " 'customer_segments_p' ORDER BY 1") == \
+        [("customer_segments_p_pkey",), ("customer_segments_p_segment_idx",)]
+    assert query(db, "SELECT sum(customers) FROM segment_summary") == [(5_001,)]
+    assert query(db, "SELECT count(*) FROM customer_segments_current") == [(5_001,)]
+
+
+def test_reader_holding_the_table_turns_the_swap_into_an_upsert(db: str, champion,
+                                                               monkeypatch) -> None:
+    scoring.score_customers(db, champion, champion.names, mode="full")
+    other = dataclasses.replace(champion, label_to_segment=champion.label_to_segment[::-1])
+    monkeypatch.setattr(scoring, "SWAP_LOCK_TIMEOUT", "200ms")
+    with connection(db) as reader:  # a long report: holds its lock until it ends
+        reader.execute("SELECT count(*) FROM customer_segments")
+        result = scoring.score_customers(db, other, champion.names, mode="full")
+        assert reader.execute("SELECT count(*) FROM customer_segments").fetchone() == (5_000,)
+    assert (result.published_by, result.rows_changed) == ("upsert", 5_000)
+    rows = snapshot_segments(db)
+    assert len(rows) == 5_000 and {str(r[5]) for r in rows} == {result.run_id}
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname ="
+                     " 'customer_segments_next'") == [(0,)]  # the unused build undone
 
 
 def stage_all(db: str, model, run_id: str, parts: int, mode="full"):  # type: ignore[no-untyped-def]
