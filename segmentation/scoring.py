@@ -178,24 +178,25 @@ def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str]
               "ids": list(names), "names": [names[s] for s in names],
               # incremental: every selected row is new or changed since it was scored
               "touch_all": result.mode == "incremental"}
-    conn.execute("CREATE TEMP TABLE segment_names ON COMMIT DROP AS"
-                 " SELECT * FROM unnest(%(ids)s::smallint[], %(names)s::text[]) AS n(id, name)",
-                 params)
-    conn.execute("ANALYZE segment_names")  # 4 rows, not the default guess of 1,310: a hash
-    conn.execute("SET LOCAL work_mem = '256MB'")  # join, not a sort of every staged row
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    # A merge join in key order, whose result is sorted as the history inserts want it; a
+    # hash join of 10 M staged rows spills (10 M: 21-25 s hashed, then another sort; 5.4 s
+    # merged when every customer is new, 14.5 s when every one changed). Names by id.
+    conn.execute("SET LOCAL enable_hashjoin = off")
     written = conn.execute(
         "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
-        " WITH diff AS MATERIALIZED (SELECT st.customer_id, st.segment_id,"
-        " n.name AS segment_name, cs.customer_id IS NULL AS is_new,"
-        " cs.segment_id AS old_segment_id, cs.model_version AS old_model_version,"
-        " (cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
-        "  OR cs.model_version <> %(v)s) AS moved"
-        " FROM scored_stage st JOIN segment_names n ON n.id = st.segment_id"
+        " SELECT st.customer_id, st.segment_id, n.segment_name,"
+        " cs.customer_id IS NULL AS is_new, cs.segment_id AS old_segment_id,"
+        " cs.model_version AS old_model_version, (cs.customer_id IS NULL"
+        "  OR cs.segment_id <> st.segment_id OR cs.model_version <> %(v)s) AS moved"
+        " FROM scored_stage st CROSS JOIN LATERAL (SELECT (%(names)s::text[])"
+        "  [array_position(%(ids)s::smallint[], st.segment_id)] AS segment_name) n"
         " LEFT JOIN customer_segments cs USING (customer_id)"
         " WHERE %(touch_all)s OR cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
-        " OR cs.model_version <> %(v)s OR cs.segment_name <> n.name)"
+        " OR cs.model_version <> %(v)s OR cs.segment_name <> n.segment_name"
         # key order: the index inserts below append instead of scattering (5.3 -> 3.5 s/M)
-        " SELECT * FROM diff ORDER BY customer_id", params).rowcount
+        " ORDER BY st.customer_id", params).rowcount
+    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
     conn.execute("ANALYZE segment_changes")
     changed = conn.execute(
         "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
@@ -240,11 +241,13 @@ def swap_partition(conn: psycopg.Connection, params: dict[str, Any]) -> bool:
         conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index sorts in memory
         conn.execute("CREATE TABLE customer_segments_next"
                      " (LIKE customer_segments INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        conn.execute("SET LOCAL enable_hashjoin = off")  # the anti join: merge, not spill
         conn.execute(
             "INSERT INTO customer_segments_next SELECT customer_id, segment_id, segment_name,"
             " %(v)s, %(ts)s, %(run)s FROM segment_changes UNION ALL SELECT cs.* FROM"
             " customer_segments cs WHERE NOT EXISTS (SELECT FROM segment_changes ch"
             " WHERE ch.customer_id = cs.customer_id)", params)
+        conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
         conn.execute("ALTER TABLE customer_segments_next"
                      " ADD CONSTRAINT customer_segments_next_pkey PRIMARY KEY (customer_id)")
         conn.execute("CREATE INDEX customer_segments_next_segment_idx"

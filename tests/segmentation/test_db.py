@@ -1,12 +1,18 @@
 """Migrations: numbered, idempotent, transactional, tamper-evident."""
 
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
-from segmentation.db import apply_migrations, list_migrations, sql_dir
+from segmentation.db import apply_migrations, conninfo, list_migrations, sql_dir
 from segmentation.errors import SegmentationError
+from tests.conftest import ADMIN_URL
 from tests.helpers import query
 
 
@@ -55,3 +61,49 @@ def test_failed_migration_rolls_back(database_url: str, tmp_path: Path) -> None:
     assert query(database_url, "SELECT to_regclass('half_done')") == [(None,)]
     assert query(database_url, "SELECT count(*) FROM schema_migrations WHERE version = '999'") \
         == [(0,)]
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """An empty database of its own (not migrated), dropped afterwards."""
+    name = f"seg_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(conninfo(ADMIN_URL), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo(ADMIN_URL), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+
+
+def test_swap_migration_keeps_published_rows_history_and_views(fresh_database: str,
+                                                               tmp_path: Path) -> None:
+    """006 turns a customer_segments holding data into the parent of one partition."""
+    before_006 = tmp_path / "sql"
+    before_006.mkdir()
+    for migration in sorted(sql_dir().glob("00[1-5]_*.sql")):
+        shutil.copy(migration, before_006)
+    apply_migrations(fresh_database, before_006)
+    run = "00000000-0000-4000-8000-00000000000a"
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
+                     " VALUES ('m1', 'champion', 4, '{}', 'm1.joblib', 'x')")
+        conn.execute("INSERT INTO customer_segments SELECT 'C' || i, i %% 4, 'S' || i %% 4,"
+                     " 'm1', now(), %s FROM generate_series(1, 100) i", (run,))
+        conn.execute("INSERT INTO segment_history (customer_id, new_segment_id,"
+                     " new_model_version, changed_at, run_id) SELECT customer_id, segment_id,"
+                     " model_version, scored_at, run_id FROM customer_segments")
+    rows = query(fresh_database, "SELECT * FROM customer_segments ORDER BY customer_id")
+    assert [m.split("_")[0] for m in apply_migrations(fresh_database)] == ["006"]
+    assert query(fresh_database, "SELECT * FROM customer_segments ORDER BY customer_id") == rows
+    assert query(fresh_database, "SELECT count(*) FROM customer_segments_current") == [(100,)]
+    assert query(fresh_database, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                                 " WHERE inhparent = 'customer_segments'::regclass") == \
+        [("customer_segments_p",)]
+    assert query(fresh_database, "SELECT count(*) FROM segment_history") == [(100,)]
+    with psycopg.connect(conninfo(fresh_database)) as conn, \
+            pytest.raises(psycopg.errors.UniqueViolation):  # one row per customer per run
+        conn.execute("INSERT INTO segment_history (customer_id, new_segment_id,"
+                     " new_model_version, changed_at, run_id)"
+                     " VALUES ('C1', 2, 'm1', now(), %s)", (run,))
