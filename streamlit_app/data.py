@@ -114,7 +114,7 @@ def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
     """Recent scoring runs."""
     return pd.read_sql(text(
         "SELECT run_id, model_version, mode, status, started_at, finished_at, rows_in,"
-        " rows_scored, rows_quarantined, rows_changed, error FROM scoring_runs"
+        " rows_scored, rows_quarantined, rows_changed, published_by, error FROM scoring_runs"
         " ORDER BY started_at DESC LIMIT :n"), engine, params={"n": limit})
 
 

@@ -78,9 +78,14 @@ def test_invalid_form_input_names_the_field_and_predicts_nothing(scored_db: str)
 
 
 def test_models_page_lists_validation_runs(scored_db: str) -> None:
+    from segmentation.db import sa_engine
+    from streamlit_app.data import scoring_runs
+
     at = run_app()
     headers = [h.value for h in at.header]
     assert "Validation runs" in headers and "Scoring runs" in headers
+    runs = scoring_runs(sa_engine(scored_db))
+    assert runs["published_by"].iloc[-1] == "swap"  # the first run wrote every row
 
 
 def test_sizes_over_runs_follow_the_history(scored_db: str) -> None:
