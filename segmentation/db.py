@@ -59,6 +59,16 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
         conn.close()
 
 
+@contextmanager
+def merge_joins(conn: psycopg.Connection) -> Iterator[None]:
+    """Hash joins off for the statements inside, in the caller's transaction: joining two
+    tables of millions of rows by key, a hash join spills past work_mem where a merge join
+    reads both in index order. Back to the server's setting afterwards."""
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    yield
+    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+
+
 def sa_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """A SQLAlchemy engine (pandas, GX, the app) with pre-ping for long-lived pools."""
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size,

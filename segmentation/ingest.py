@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
-from segmentation.db import connection, require_schema
+from segmentation.db import connection, merge_joins, require_schema
 from segmentation.errors import IngestError
 from segmentation.features import COLUMNS, FEATURES, normalize_name
 
@@ -228,16 +228,15 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     # customers outgrows work_mem (10 M rows: 27 s hashed, 9.7 s merged; 1 M: 1.5-3.0 s
     # and 1.4-2.0 s).
     conn.execute("SET LOCAL work_mem = '256MB'")
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    conn.execute(sql.SQL(
-        "CREATE TEMP TABLE accept_changes ON COMMIT DROP AS"
-        " SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
-        " FROM customers_incoming i LEFT JOIN customers c ON c.customer_id = i.customer_id"
-        " WHERE i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
-        "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
-        " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
-            incoming=incoming, current=current), {"batch": batch_id})
-    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")  # the server's setting again
+    with merge_joins(conn):
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE accept_changes ON COMMIT DROP AS"
+            " SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
+            " FROM customers_incoming i LEFT JOIN customers c ON c.customer_id = i.customer_id"
+            " WHERE i.batch_id = %(batch)s AND NOT EXISTS (SELECT 1 FROM customers_quarantine q"
+            "  WHERE q.batch_id = i.batch_id AND q.customer_id = i.customer_id)"
+            " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
+                incoming=incoming, current=current), {"batch": batch_id})
     conn.execute("ANALYZE accept_changes")  # few changes: index probes, not a hash join
     updated = conn.execute(sql.SQL(
         "UPDATE customers c SET ({features}, batch_id, loaded_at) = ({incoming}, %(batch)s,"

@@ -27,7 +27,7 @@ from psycopg import sql
 from psycopg.types.json import Json
 
 from segmentation.clustering import SegmentationModel
-from segmentation.db import connection, require_schema
+from segmentation.db import connection, merge_joins, require_schema
 from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
 from segmentation.ingest import ACCEPT_LOCK
@@ -182,21 +182,20 @@ def publish(conn: psycopg.Connection, result: ScoreResult, names: dict[int, str]
     # A merge join in key order, whose result is sorted as the history inserts want it; a
     # hash join of 10 M staged rows spills (10 M: 21-25 s hashed, then another sort; 5.4 s
     # merged when every customer is new, 14.5 s when every one changed). Names by id.
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    written = conn.execute(
-        "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
-        " SELECT st.customer_id, st.segment_id, n.segment_name,"
-        " cs.customer_id IS NULL AS is_new, cs.segment_id AS old_segment_id,"
-        " cs.model_version AS old_model_version, (cs.customer_id IS NULL"
-        "  OR cs.segment_id <> st.segment_id OR cs.model_version <> %(v)s) AS moved"
-        " FROM scored_stage st CROSS JOIN LATERAL (SELECT (%(names)s::text[])"
-        "  [array_position(%(ids)s::smallint[], st.segment_id)] AS segment_name) n"
-        " LEFT JOIN customer_segments cs USING (customer_id)"
-        " WHERE %(touch_all)s OR cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
-        " OR cs.model_version <> %(v)s OR cs.segment_name <> n.segment_name"
-        # key order: the index inserts below append instead of scattering (5.3 -> 3.5 s/M)
-        " ORDER BY st.customer_id", params).rowcount
-    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+    with merge_joins(conn):
+        written = conn.execute(
+            "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
+            " SELECT st.customer_id, st.segment_id, n.segment_name,"
+            " cs.customer_id IS NULL AS is_new, cs.segment_id AS old_segment_id,"
+            " cs.model_version AS old_model_version, (cs.customer_id IS NULL"
+            "  OR cs.segment_id <> st.segment_id OR cs.model_version <> %(v)s) AS moved"
+            " FROM scored_stage st CROSS JOIN LATERAL (SELECT (%(names)s::text[])"
+            "  [array_position(%(ids)s::smallint[], st.segment_id)] AS segment_name) n"
+            " LEFT JOIN customer_segments cs USING (customer_id)"
+            " WHERE %(touch_all)s OR cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
+            " OR cs.model_version <> %(v)s OR cs.segment_name <> n.segment_name"
+            # key order: the index inserts below append instead of scattering (5.3 -> 3.5 s/M)
+            " ORDER BY st.customer_id", params).rowcount
     conn.execute("ANALYZE segment_changes")
     changed = conn.execute(
         "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
@@ -241,13 +240,12 @@ def swap_partition(conn: psycopg.Connection, params: dict[str, Any]) -> bool:
         conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index sorts in memory
         conn.execute("CREATE TABLE customer_segments_next"
                      " (LIKE customer_segments INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-        conn.execute("SET LOCAL enable_hashjoin = off")  # the anti join: merge, not spill
-        conn.execute(
-            "INSERT INTO customer_segments_next SELECT customer_id, segment_id, segment_name,"
-            " %(v)s, %(ts)s, %(run)s FROM segment_changes UNION ALL SELECT cs.* FROM"
-            " customer_segments cs WHERE NOT EXISTS (SELECT FROM segment_changes ch"
-            " WHERE ch.customer_id = cs.customer_id)", params)
-        conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+        with merge_joins(conn):  # the anti join
+            conn.execute(
+                "INSERT INTO customer_segments_next SELECT customer_id, segment_id,"
+                " segment_name, %(v)s, %(ts)s, %(run)s FROM segment_changes UNION ALL"
+                " SELECT cs.* FROM customer_segments cs WHERE NOT EXISTS (SELECT FROM"
+                " segment_changes ch WHERE ch.customer_id = cs.customer_id)", params)
         conn.execute("ALTER TABLE customer_segments_next"
                      " ADD CONSTRAINT customer_segments_next_pkey PRIMARY KEY (customer_id)")
         conn.execute("CREATE INDEX customer_segments_next_segment_idx"
