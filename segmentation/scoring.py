@@ -215,7 +215,8 @@ def published_rows(conn: psycopg.Connection) -> float:
     row = conn.execute("SELECT greatest(sum(c.reltuples), 0) FROM pg_inherits i"
                        " JOIN pg_class c ON c.oid = i.inhrelid"
                        " WHERE i.inhparent = 'customer_segments'::regclass").fetchone()
-    return float(row[0] or 0) if row else 0.0
+    assert row is not None  # an aggregate: one row; greatest() ignores the NULL of no rows
+    return float(row[0])
 
 
 def upsert_changes(conn: psycopg.Connection, params: dict[str, Any]) -> None:
@@ -261,13 +262,11 @@ def swap_partition(conn: psycopg.Connection, params: dict[str, Any]) -> bool:
     except psycopg.errors.LockNotAvailable:
         conn.execute("ROLLBACK TO SAVEPOINT swap_publish")
         return False
-    for old_name, new_name in (("customer_segments_next", "customer_segments_p"),
-                               ("customer_segments_next_pkey", "customer_segments_p_pkey"),
-                               ("customer_segments_next_segment_idx",
-                                "customer_segments_p_segment_idx")):
-        kind = "TABLE" if old_name == "customer_segments_next" else "INDEX"
-        conn.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
-            sql.SQL(kind), sql.Identifier(old_name), sql.Identifier(new_name)))
+    # the old partition is gone: the new one takes its names
+    conn.execute("ALTER TABLE customer_segments_next RENAME TO customer_segments_p")
+    conn.execute("ALTER INDEX customer_segments_next_pkey RENAME TO customer_segments_p_pkey")
+    conn.execute("ALTER INDEX customer_segments_next_segment_idx"
+                 " RENAME TO customer_segments_p_segment_idx")
     conn.execute("ALTER TABLE customer_segments ATTACH PARTITION customer_segments_p"
                  " FOR VALUES WITH (MODULUS 1, REMAINDER 0)")
     conn.execute("RELEASE SAVEPOINT swap_publish")
@@ -474,14 +473,15 @@ def record_run(conn: psycopg.Connection, result: ScoreResult, status: str,
         " VALUES (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s)",
         (result.run_id, result.model_version, result.mode, status, started_at, result.rows_in,
          result.rows_scored, result.rows_quarantined, result.rows_changed,
-         Json(result.timings), result.published_by or None, error),
+         Json(result.timings),
+         result.published_by if status == "succeeded" else None,  # failed: published nothing
+         error),
     )
 
 
 def record_failure(url: str, result: ScoreResult, started_at: datetime,
                    exc: BaseException) -> None:
     """Best effort: leave a 'failed' row so ops see the run; never mask the real error."""
-    result.published_by = ""  # nothing was published
     try:
         with connection(url) as conn:
             record_run(conn, result, "failed", started_at, f"{type(exc).__name__}: {exc}"[:2000])

@@ -105,6 +105,8 @@ def test_killed_connection_mid_publish_leaves_table_unchanged(db: str, champion,
     assert snapshot_segments(db) == before
     assert query(db, "SELECT status FROM scoring_runs ORDER BY started_at") == \
         [("succeeded",), ("failed",)]
+    assert query(db, "SELECT published_by FROM scoring_runs WHERE status = 'failed'") == \
+        [(None,)]  # its publish ran, but never committed
     monkeypatch.setattr(scoring, "publish", real_publish)
     rerun = scoring.score_customers(db, other, champion.names, mode="full")
     assert rerun.rows_scored == 5_000 and snapshot_segments(db) != before
