@@ -52,13 +52,11 @@ def reference_for(path: Path) -> dict[str, dict[str, list[float]]]:
     """A champion's drift reference: deciles of 100,000 customers of another seed."""
     import pandas as pd
 
-    from segmentation.features import feature_matrix, normalize_name
+    from segmentation.features import feature_matrix, normalize_columns
     from segmentation.training import reference_distribution
 
     generate_csv(path, 100_000, seed=2)
-    frame = pd.read_csv(path)
-    return reference_distribution(feature_matrix(
-        frame.rename(columns={c: normalize_name(c) for c in frame.columns})))
+    return reference_distribution(feature_matrix(normalize_columns(pd.read_csv(path))))
 
 
 def main() -> None:

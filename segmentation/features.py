@@ -54,6 +54,11 @@ def normalize_name(header: str) -> str:
     return ID_COLUMN if name in ("cust_id", "customer_id") else name
 
 
+def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The same frame with its source headers (CUST_ID, BALANCE, ...) as our column names."""
+    return df.rename(columns={c: normalize_name(c) for c in df.columns})
+
+
 def feature_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The 17 features as float64 in canonical order (NaN where missing)."""
     return pd.DataFrame(

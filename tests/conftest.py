@@ -111,10 +111,9 @@ def synthetic_frame(synthetic_csv: Path):  # type: ignore[no-untyped-def]
     """The synthetic customers as a DataFrame with our column names."""
     import pandas as pd
 
-    from segmentation.features import normalize_name
+    from segmentation.features import normalize_columns
 
-    df = pd.read_csv(synthetic_csv)
-    return df.rename(columns={c: normalize_name(c) for c in df.columns})
+    return normalize_columns(pd.read_csv(synthetic_csv))
 
 
 @pytest.fixture(scope="session")
@@ -122,10 +121,9 @@ def real_frame(real_data: Path):  # type: ignore[no-untyped-def]
     """The real customers as a DataFrame with our column names."""
     import pandas as pd
 
-    from segmentation.features import normalize_name
+    from segmentation.features import normalize_columns
 
-    df = pd.read_csv(real_data)
-    return df.rename(columns={c: normalize_name(c) for c in df.columns})
+    return normalize_columns(pd.read_csv(real_data))
 
 
 @pytest.fixture(scope="session")
