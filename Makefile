@@ -37,6 +37,7 @@ bench: install                         ## 1M rows: validation, scoring, app look
 	$(BIN)/python benchmarks/bench_validation.py
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_app.py
+	$(BIN)/python benchmarks/bench_rename.py --rows 1000000
 
 app: install
 	$(BIN)/segmentation app

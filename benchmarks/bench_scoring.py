@@ -116,7 +116,7 @@ def prefect_server(home: Path) -> Iterator[str]:
 def reset_segments(url: str) -> None:
     """Empty the published table and its history: the next stage scores from scratch."""
     with connection(url) as conn:
-        conn.execute("TRUNCATE customer_segments, segment_history")
+        conn.execute("TRUNCATE segment_assignments, segment_history")
 
 
 def full_snapshot(original: Path, out: Path, rows: int) -> None:

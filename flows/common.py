@@ -1,36 +1,56 @@
-"""Shared flow helpers: settings/URL once per flow run, and DB-task defaults."""
+"""Shared flow helpers: settings/URL once per flow run, and DB-task defaults.
+
+Retries and timeouts come from the settings of the process that imports the flows (the
+worker's flow-run process, or the CLI): SEGMENTATION_RETRY_WINDOW_S and
+SEGMENTATION_FLOW_TIMEOUT_S.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from segmentation.config import Settings, load_settings
-from segmentation.db import resolve_url
+from segmentation.db import is_transient, resolve_url
 
-# Database tasks retry transient failures; pure computation does not.
-DB_RETRIES = 2
-DB_RETRY_DELAY_S = 2
+FIRST_RETRY_S = 1.0
+MAX_RETRY_DELAY_S = 60.0
+RETRY_JITTER = 0.5  # each delay varies by up to half: retries of many runs do not align
+
+
+def retry_delays(window_s: float, first_s: float = FIRST_RETRY_S,
+                 cap_s: float = MAX_RETRY_DELAY_S) -> list[float]:
+    """Exponential backoff (first_s, doubling, at most cap_s) until window_s is covered."""
+    delays: list[float] = []
+    delay = first_s
+    while sum(delays) < window_s:
+        delays.append(delay)
+        delay = min(delay * 2, cap_s)
+    return delays
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry on a lost/refused connection, never on a user error (bad model, bad data)."""
+    """Retry a restart, a failover, a lost connection or a serialization failure; never a
+    user error (bad model, bad data, bad credentials)."""
     try:
         state.result()
-    except (psycopg.OperationalError, psycopg.errors.SerializationFailure):
-        return True
-    except Exception:
-        return False
+    except Exception as exc:  # the task's own exception
+        return is_transient(exc)
     return False
 
 
+def flow_timeout_s() -> float:
+    """How long any flow may run (SEGMENTATION_FLOW_TIMEOUT_S)."""
+    return load_settings().flow_timeout_s
+
+
+_DELAYS = retry_delays(load_settings().retry_window_s)
 # A task that talks to the database: retried on transient errors only, never cached.
-db_task = task(cache_policy=NO_CACHE, retries=DB_RETRIES, retry_delay_seconds=DB_RETRY_DELAY_S,
-               retry_condition_fn=transient_only)
+db_task = task(cache_policy=NO_CACHE, retries=len(_DELAYS), retry_delay_seconds=_DELAYS,
+               retry_jitter_factor=RETRY_JITTER, retry_condition_fn=transient_only)
 
 
 @db_task

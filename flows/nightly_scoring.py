@@ -8,35 +8,33 @@ from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
 
-from flows.common import dask_task_runner, db_task, flow_settings, resolve_database
-from segmentation import registry, reports, scoring, validation
+from flows.common import dask_task_runner, db_task, flow_settings, flow_timeout_s, resolve_database
+from flows.validate import report_drift, validate_pending
+from segmentation import drift, registry, reports, scoring
 from segmentation.clustering import SegmentationModel
+from segmentation.config import Settings
 from segmentation.db import connection
-from segmentation.errors import DriftDetected
 
 
 @db_task
-def load_champion(url: str) -> tuple[SegmentationModel, dict[int, str]]:
-    """The champion model (sha256-checked) and its segment names with ops' overrides."""
+def load_champion(url: str) -> SegmentationModel:
+    """The champion model (sha256-checked)."""
     with connection(url) as conn:
-        model = registry.load_version(conn)
-        return model, registry.apply_name_overrides(conn, model)
+        return registry.load_version(conn)
 
 
 @db_task
-def score_customers(url: str, model: SegmentationModel, names: dict[int, str],
-                    mode: Literal["full", "incremental"], chunk_rows: int,
-                    wait: bool) -> scoring.ScoreResult:
+def score_customers(url: str, model: SegmentationModel, mode: Literal["full", "incremental"],
+                    chunk_rows: int, wait: bool, wait_timeout_s: float) -> scoring.ScoreResult:
     """Stream, classify and publish in one transaction (safe to retry: all or nothing)."""
     logger = get_run_logger()
 
     def progress(rows: int, seconds: float) -> None:
         logger.info("scored %s rows (%.0f rows/s)", f"{rows:,}", rows / max(seconds, 1e-9))
 
-    return scoring.score_customers(url, model, names, mode=mode, chunk_rows=chunk_rows,
-                                   wait=wait, progress=progress)
+    return scoring.score_customers(url, model, mode=mode, chunk_rows=chunk_rows, wait=wait,
+                                   wait_timeout_s=wait_timeout_s, progress=progress)
 
 
 @db_task
@@ -65,19 +63,20 @@ def score_partition(url: str, model: SegmentationModel, mode: Literal["full", "i
 
 
 @db_task
-def publish_partitions(url: str, model: SegmentationModel, names: dict[int, str],
+def publish_partitions(url: str, model: SegmentationModel,
                        mode: Literal["full", "incremental"], run_id: str,
                        staged: list[scoring.PartitionResult], wait: bool,
-                       started_at: datetime) -> scoring.ScoreResult:
-    """Publish all staged partitions in one transaction (all or nothing)."""
-    return scoring.publish_staged(url, model, names, mode, run_id, staged, wait=wait,
-                                  started_at=started_at)
+                       wait_timeout_s: float, started_at: datetime) -> scoring.ScoreResult:
+    """Publish all staged partitions in one transaction (all or nothing; a retry of a
+    published run returns its record)."""
+    return scoring.publish_staged(url, model, mode, run_id, staged, wait=wait,
+                                  wait_timeout_s=wait_timeout_s, started_at=started_at)
 
 
 @flow(name="partitioned-scoring", log_prints=True)
-def partitioned_scoring(url: str, model: SegmentationModel, names: dict[int, str],
+def partitioned_scoring(url: str, model: SegmentationModel,
                         mode: Literal["full", "incremental"], partitions: int, chunk_rows: int,
-                        wait: bool) -> scoring.ScoreResult:
+                        wait: bool, wait_timeout_s: float) -> scoring.ScoreResult:
     """Score hash partitions of customer_id as parallel tasks, then publish them at once."""
     start = check_ready(url, model.version, mode)
     run_id = str(uuid.uuid4())
@@ -85,51 +84,59 @@ def partitioned_scoring(url: str, model: SegmentationModel, names: dict[int, str
         staged = score_partition.map(unmapped(url), unmapped(model), unmapped(mode),
                                      unmapped(run_id), range(partitions), unmapped(partitions),
                                      unmapped(chunk_rows), unmapped(start.since)).result()
+        return publish_partitions(url, model, mode, run_id, staged, wait, wait_timeout_s,
+                                  start.started_at)
     except BaseException:
-        scoring.discard_staged(url, run_id)  # a lost partition: drop the others' scratch
+        scoring.discard_staged(url, run_id)  # given up: drop the run's scratch rows
         raise
-    return publish_partitions(url, model, names, mode, run_id, staged, wait, start.started_at)
 
 
-@flow(name="nightly-scoring", log_prints=True)
+@db_task
+def segment_mix(url: str, model_version: str, run_id: str) -> list[drift.DriftAlert]:
+    """Segment-mix drift of the published table against the champion's training shares."""
+    with connection(url) as conn:
+        alert = drift.segment_mix_alert(conn, model_version, run_id)
+    return [alert] if alert else []
+
+
+def run_scoring(url: str, settings: Settings, mode: Literal["full", "incremental"],
+                wait: bool, partitions: int) -> tuple[str, list[drift.DriftAlert]]:
+    """Score and publish (in this process or on Dask), then look at the segment mix;
+    returns the summary and any drift, which the caller reports."""
+    model = load_champion(url)
+    if partitions > 1:
+        runner = dask_task_runner(settings, partitions)
+        result = partitioned_scoring.with_options(task_runner=runner)(
+            url, model, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
+    else:
+        result = score_customers(url, model, mode, settings.chunk_rows, wait,
+                                 settings.lock_wait_s)
+    create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
+                             description="Latest scoring run")
+    # the summary is the run's result (and the CLI's output), the report its artifact
+    return reports.scoring_summary(result), segment_mix(url, model.version, result.run_id)
+
+
+@flow(name="nightly-scoring", log_prints=True, timeout_seconds=flow_timeout_s())
 def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool = False,
                partitions: int = 1) -> str:
     """Score customers with the champion and publish them to customer_segments
     (partitions > 1: in parallel on Dask, a local cluster or SEGMENTATION_DASK_ADDRESS)."""
     settings = flow_settings()
     url = resolve_database(settings)
-    model, names = load_champion(url)
-    if partitions > 1:
-        runner = dask_task_runner(settings, partitions)
-        result = partitioned_scoring.with_options(task_runner=runner)(
-            url, model, names, mode, partitions, settings.chunk_rows, wait)
-    else:
-        result = score_customers(url, model, names, mode, settings.chunk_rows, wait)
-    create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
-                             description="Latest scoring run")
-    summary = reports.scoring_summary(result)
-    get_run_logger().info(summary)
-    mix = segment_mix(url)
-    if mix is not None and mix >= validation.MAJOR_DRIFT:  # published, but say it loudly
-        emit_event(event="segmentation.drift.detected",
-                   resource={"prefect.resource.id": f"segmentation.model.{model.version}"},
-                   payload={"kind": "segment-mix", "psi": mix})
-        raise DriftDetected(f"segment mix PSI {mix:.2f} >= {validation.MAJOR_DRIFT} against "
-                            f"model {model.version}'s training shares: consider a retrain")
+    summary, alerts = run_scoring(url, settings, mode, wait, partitions)
+    report_drift(url, alerts, summary)
     return summary
 
 
-@db_task
-def segment_mix(url: str) -> float | None:
-    """Segment-mix PSI of the published table against the champion's training shares."""
-    with connection(url) as conn:
-        return validation.segment_mix_psi(conn)
-
-
-@flow(name="nightly", log_prints=True)
+@flow(name="nightly", log_prints=True, timeout_seconds=flow_timeout_s())
 def nightly(mode: Literal["full", "incremental"] = "incremental", partitions: int = 1) -> str:
-    """The nightly job: validate pending batches, then score (stops if a batch fails)."""
-    from flows.validate import validate_flow
-
-    validate_flow()
-    return score_flow(mode=mode, wait=True, partitions=partitions)
+    """The nightly job: validate pending batches, score and publish, then report drift
+    (drift never stops the night; a failed batch does, as scoring would refuse it)."""
+    settings = flow_settings()
+    url = resolve_database(settings)
+    validated, alerts = validate_pending(url, settings)
+    summary, mix = run_scoring(url, settings, mode, True, partitions)
+    summary = "\n".join([*validated, summary])
+    report_drift(url, alerts + mix, summary)
+    return summary

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import db_task, flow_settings, resolve_database
+from flows.common import db_task, flow_settings, flow_timeout_s, resolve_database
 from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
@@ -48,14 +48,21 @@ def save_model(result: training.TrainingResult, models_dir: str) -> registry.Sav
 def register_model(url: str, saved: registry.SavedVersion, result: training.TrainingResult,
                    force: bool) -> str:
     """Register the version and promote it when the gates hold (or --force)."""
-    return training.register_and_gate(url, saved, result, force)
+    return training.register_and_gate(url, saved, result, force,
+                                      changed_by="retrain flow" + (" --force" if force else ""))
 
 
-@flow(name="retrain", log_prints=True)
+@db_task
+def segment_names(url: str, version: str) -> dict[int, str]:
+    """The version's segment names as readers see them (ops' renames applied)."""
+    with connection(url) as conn:
+        return registry.segment_names(conn, version)
+
+
+@flow(name="retrain", log_prints=True, timeout_seconds=flow_timeout_s())
 def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
             force: bool = False) -> str:
     """Retrain the segmentation; the new version becomes champion only through the gates."""
-    logger = get_run_logger()
     settings = flow_settings()
     url = resolve_database(settings)
     frame = load_training_frame(url, sample_size, settings.random_state)
@@ -63,10 +70,10 @@ def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
     result = fit_model(frame, k, sample_size, settings.random_state, champion)
     saved = save_model(result, str(settings.models_path))
     status = register_model(url, saved, result, force)
-    create_markdown_artifact(markdown=reports.retrain_markdown(result, status),
+    names = segment_names(url, saved.version)
+    create_markdown_artifact(markdown=reports.retrain_markdown(result, status, names),
                              key="retrain-report", description="Latest retrain")
-    create_table_artifact(table=reports.segment_rows(result), key="retrain-segments",
+    create_table_artifact(table=reports.segment_rows(result, names), key="retrain-segments",
                           description="Segments of the latest retrained model")
-    summary = reports.retrain_summary(result, status)
-    logger.info(summary)
-    return summary
+    # the summary is the run's result (and the CLI's output), the report its artifact
+    return reports.retrain_summary(result, status, names)

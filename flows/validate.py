@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from flows.common import db_task, flow_settings, resolve_database
-from segmentation import reports, validation
+from flows.common import db_task, flow_settings, flow_timeout_s, resolve_database
+from segmentation import drift, reports, validation
+from segmentation.config import Settings
 from segmentation.db import connection
 from segmentation.errors import DriftDetected, ValidationFailed
-from segmentation.registry import champion_reference
+from segmentation.registry import champion_reference, champion_version
 
 
 @db_task
@@ -22,43 +22,88 @@ def list_pending(url: str) -> list[str]:
             "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
 
 
-@task(cache_policy=NO_CACHE)
-def validate_one(url: str, batch_id: str, max_share: float) -> validation.ValidationReport:
-    """Validate one batch (GX pushed down to PostgreSQL)."""
+@db_task
+def validate_one(url: str, batch_id: str, max_share: float,
+                 lock_wait_s: float) -> validation.ValidationReport | str:
+    """Validate one batch (GX pushed down to PostgreSQL); a batch another run validated
+    meanwhile is reported, not validated twice."""
     with connection(url) as conn:
         reference = champion_reference(conn)
-    return validation.validate_batch(url, batch_id, reference=reference,
-                                     max_quarantine_share=max_share)
+    try:
+        return validation.validate_batch(url, batch_id, reference=reference,
+                                         max_quarantine_share=max_share,
+                                         lock_wait_s=lock_wait_s)
+    except validation.AlreadyValidated as exc:
+        return str(exc)
 
 
-@flow(name="validate", log_prints=True)
-def validate_flow(batch_id: str | None = None) -> list[str]:
-    """Validate one batch, or every pending one; fails when a batch breaks the contract."""
-    settings = flow_settings()
-    url = resolve_database(settings)
+@db_task
+def record_drift(url: str, alerts: list[drift.DriftAlert]) -> None:
+    """The alerts as drift_alerts rows ops can query."""
+    with connection(url) as conn:
+        drift.record_alerts(conn, alerts)
+
+
+@db_task
+def champion(url: str) -> str | None:
+    """The champion's version (drift is measured against its training data)."""
+    with connection(url) as conn:
+        return champion_version(conn)
+
+
+def validate_pending(url: str, settings: Settings, batch_id: str | None = None
+                     ) -> tuple[list[str], list[drift.DriftAlert]]:
+    """Validate one or every pending batch; raise if one failed, return summaries and the
+    drift found (reported by the caller once its work is done)."""
     batches = [batch_id] if batch_id else list_pending(url)
-    summaries, failed = [], []
-    drifted: dict[str, dict[str, float]] = {}
+    summaries, failed, alerts = [], [], []
+    model_version = champion(url) if batches else None
     for batch in batches:
-        report = validate_one(url, batch, settings.quarantine_max_share)
+        report = validate_one(url, batch, settings.quarantine_max_share, settings.lock_wait_s)
+        if isinstance(report, str):  # validated by another run meanwhile
+            summaries.append(report)
+            continue
         summaries.append(report.summary())
-        get_run_logger().info(report.summary())
         create_markdown_artifact(markdown=reports.validation_markdown(report),
                                  key="validation-report", description="Latest validation")
         create_table_artifact(table=reports.validation_rows(report), key="validation-rules",
                               description="Rules of the latest validation")
         if not report.success:
             failed.append(batch)
-        if report.major_drift():
-            drifted[batch] = report.major_drift()
+        alert = drift.feature_alert(report, model_version)
+        if alert is not None:
+            alerts.append(alert)
     if failed:
         raise ValidationFailed(f"batch(es) {', '.join(failed)} failed validation")
-    if drifted:  # accepted, but the model may no longer describe these customers
-        for batch, features in drifted.items():
-            emit_event(event="segmentation.drift.detected",
-                       resource={"prefect.resource.id": f"segmentation.batch.{batch}"},
-                       payload={"kind": "feature", "psi": features})
-        raise DriftDetected("major drift (PSI >= 0.25) in " + "; ".join(
-            f"batch {b}: " + ", ".join(f"{f} {v:.2f}" for f, v in fs.items())
-            for b, fs in drifted.items()) + ": consider `segmentation train`")
+    return summaries, alerts
+
+
+def report_drift(url: str, alerts: list[drift.DriftAlert], summary: str) -> None:
+    """After the work is published: a row per alert, an event each (the automation notifies
+    ops), an artifact, then fail the run so it stands out. Nothing if no alert."""
+    if not alerts:
+        return
+    record_drift(url, alerts)
+    for alert in alerts:
+        subject = (f"segmentation.batch.{alert.batch_id}" if alert.batch_id
+                   else f"segmentation.model.{alert.model_version}")
+        emit_event(event="segmentation.drift.detected",
+                   resource={"prefect.resource.id": subject},
+                   payload={"kind": alert.kind, "psi": alert.psi, "message": alert.message,
+                            "alert_id": alert.alert_id})
+    create_markdown_artifact(markdown=drift.drift_markdown(alerts, summary), key="drift-report",
+                             description="Drift found by the latest run")
+    raise DriftDetected("\n".join([summary, *(f"drift: {a.message}" for a in alerts)]))
+
+
+@flow(name="validate", log_prints=True, timeout_seconds=flow_timeout_s())
+def validate_flow(batch_id: str | None = None) -> list[str]:
+    """Validate one batch, or every pending one; fails when a batch breaks the contract,
+    and (after accepting it) when its features drifted."""
+    settings = flow_settings()
+    url = resolve_database(settings)
+    summaries, alerts = validate_pending(url, settings, batch_id)
+    summary = "\n".join(summaries) or "no batch waiting for validation"
+    report_drift(url, alerts, summary)
     return summaries or ["no batch waiting for validation"]
+

@@ -18,6 +18,8 @@ from segmentation.errors import SegmentationError
 if TYPE_CHECKING:
     from segmentation.config import Settings
 
+EXIT_DRIFT = 3  # the work is done and published, but the data drifted: ops should look
+
 app = typer.Typer(help="Customer segmentation scored every night.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 db_app = typer.Typer(help="The database: migrate, connect, stop the embedded server.",
@@ -110,11 +112,13 @@ def ingest(
     encoding: Annotated[str, typer.Option(help="Encoding of the CSV.")] = "utf-8",
     validate: Annotated[bool, typer.Option(help="Validate the batch right away.")] = True,
 ) -> None:
-    """Load a CSV (or a table) as one batch, then validate it (exit 1 if it fails)."""
-    from segmentation.ingest import ingest_csv, ingest_table
-
+    """Load a CSV (or a table) as one batch, then validate it (exit 1 if it fails, 3 if it
+    was accepted but drifted)."""
     if (path is None) == (table is None):
         raise SegmentationError("give a CSV path or --table, not both and not neither")
+    from segmentation.ingest import check_csv_options, ingest_csv, ingest_table
+
+    check_csv_options(delimiter, encoding)
     settings = _settings()
     url = _url(settings)
     if path is not None:
@@ -131,25 +135,39 @@ def ingest(
 
 
 def _validate(batch_ids: list[str], url: str, settings: Settings, docs: bool = False) -> None:
-    """Validate batches in order, print each summary; exit 1 if any failed."""
+    """Validate batches in order, print each summary; exit 1 if any failed, else 3 if a
+    batch drifted (accepted all the same, the alert recorded in drift_alerts)."""
     from segmentation.db import connection
-    from segmentation.registry import champion_reference
+    from segmentation.drift import feature_alert, record_alerts
+    from segmentation.registry import champion_reference, champion_version
     from segmentation.validation import validate_batch
 
     with connection(url) as conn:
         reference = champion_reference(conn)
-    failed = []
+        model_version = champion_version(conn)
+    failed, alerts = [], []
     for batch_id in batch_ids:
         docs_dir = settings.home / "gx_docs" if docs else None
         report = validate_batch(url, batch_id, reference=reference, docs_dir=docs_dir,
-                                max_quarantine_share=settings.quarantine_max_share)
+                                max_quarantine_share=settings.quarantine_max_share,
+                                lock_wait_s=settings.lock_wait_s)
         typer.echo(report.summary(), err=not report.success)
         if docs_dir is not None:
             typer.echo(f"data docs: {docs_dir / 'index.html'}")
         if not report.success:
             failed.append(batch_id)
+        alert = feature_alert(report, model_version)
+        if alert is not None:
+            alerts.append(alert)
+    if alerts:
+        with connection(url) as conn:
+            record_alerts(conn, alerts)
+        for alert in alerts:
+            typer.echo(f"drift: {alert.message}", err=True)
     if failed:
         raise typer.Exit(1)
+    if alerts:
+        raise typer.Exit(EXIT_DRIFT)
 
 
 @app.command()
@@ -220,10 +238,12 @@ def train(
     force: Annotated[bool, typer.Option(help="Promote even if a quality gate fails.")] = False,
 ) -> None:
     """Retrain (Prefect flow `retrain`): fit, register, promote if the gates hold."""
-    from flows.retrain import retrain
-
     if k != "auto" and not (k.isdigit() and 2 <= int(k) <= 20):
         raise SegmentationError(f"--k must be an integer in 2..20 or 'auto', got {k!r}")
+    if sample_size < 50:
+        raise SegmentationError(f"--sample-size must be at least 50, got {sample_size}")
+    from flows.retrain import retrain  # checked first: Prefect takes seconds to import
+
     k_value: int | Literal["auto"] = "auto" if k == "auto" else int(k)
     summary = retrain(k=k_value, sample_size=sample_size, force=force)
     typer.echo(summary)
@@ -236,11 +256,12 @@ def score(
     partitions: Annotated[int, typer.Option(
         min=1, help="Hash partitions scored in parallel on Dask (1: in this process).")] = 1,
 ) -> None:
-    """Score customers with the champion (Prefect flow `nightly-scoring`)."""
-    from flows.nightly_scoring import score_flow
-
+    """Score customers with the champion (Prefect flow `nightly-scoring`); exit 3 if the
+    published segment mix drifted."""
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    from flows.nightly_scoring import score_flow
+
     typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait,
                           partitions=partitions))
 
@@ -251,11 +272,12 @@ def nightly(
     partitions: Annotated[int, typer.Option(
         min=1, help="Hash partitions scored in parallel on Dask (1: in this process).")] = 1,
 ) -> None:
-    """What the nightly deployment runs: validate pending batches, then score."""
-    from flows.nightly_scoring import nightly as nightly_flow
-
+    """What the nightly deployment runs: validate pending batches, score, publish; exit 3
+    if data or segment mix drifted (everything is published first)."""
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    from flows.nightly_scoring import nightly as nightly_flow
+
     typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode),
                             partitions=partitions))
 
@@ -313,8 +335,10 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None
         if row is None:
             raise SegmentationError(f"no model version {version!r}")
         segments = conn.execute(
-            "SELECT segment_id, name, size, share, profile FROM segment_profiles"
-            " WHERE version = %s ORDER BY segment_id", (version,)).fetchall()
+            "SELECT p.segment_id, n.segment_name, p.size, p.share, n.profile"
+            " FROM segment_profiles p JOIN segment_names n ON n.model_version = p.version"
+            " AND n.segment_id = p.segment_id WHERE p.version = %s ORDER BY p.segment_id",
+            (version,)).fetchall()
     status, metrics, path = row
     tree = metrics["tree"]
     typer.echo(f"model {version} ({status}), k={metrics['k']}, trained on "
@@ -336,23 +360,28 @@ def models_promote(version: str) -> None:
     from segmentation.registry import promote
 
     with connection(_url()) as conn:
-        promote(conn, version, reason="promoted by hand")
-    typer.echo(f"{version} is now the champion")
+        promote(conn, version, reason="promoted by hand", changed_by="cli: models promote")
+    typer.echo(f"{version} is now the champion (segment_for follows it)")
 
 
 @models_app.command("rename")
-def models_rename(segment_id: int, name: str) -> None:
-    """Override a segment's name (kept across retrains; the next score applies it)."""
+def models_rename(
+    segment_id: Annotated[int, typer.Argument(help="The champion's segment id.")],
+    name: Annotated[str | None, typer.Argument(help="The new name (1-80 characters).")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Back to the generated name.")]
+    = False,
+) -> None:
+    """Rename a segment for every reader at once (tables, views, app, reports); kept across
+    retrains, since segment ids are stable."""
+    if (name is None) != reset:
+        raise SegmentationError("give a NAME, or --reset to go back to the generated name")
     from segmentation.db import connection
+    from segmentation.registry import rename_segment
 
-    if not 1 <= len(name.strip()) <= 80:
-        raise SegmentationError("a segment name must have 1 to 80 characters")
     with connection(_url()) as conn:
-        conn.execute(
-            "INSERT INTO segment_name_overrides (segment_id, name) VALUES (%s, %s)"
-            " ON CONFLICT (segment_id) DO UPDATE SET name = EXCLUDED.name, updated_at = now()",
-            (segment_id, name.strip()))
-    typer.echo(f"segment {segment_id} is now called {name.strip()!r}")
+        now = rename_segment(conn, segment_id, None if reset else name)
+    typer.echo(f"segment {segment_id} is now called {now!r}" + (" (generated name)"
+                                                                 if reset else ""))
 
 
 @models_app.command("export-sql")
@@ -374,14 +403,32 @@ def models_export_sql(version: Annotated[str | None, typer.Argument()] = None) -
 
 
 @models_app.command("rollback")
-def models_rollback() -> None:
-    """Restore the previous champion."""
+def models_rollback(
+    to: Annotated[str | None, typer.Option(help="An earlier champion to go back to.")] = None,
+) -> None:
+    """Restore the champion before the current one (each call one further back), or --to
+    an earlier champion; logged, segment_for follows."""
     from segmentation.db import connection
     from segmentation.registry import rollback
 
     with connection(_url()) as conn:
-        version = rollback(conn)
+        version = rollback(conn, to, changed_by="cli: models rollback")
     typer.echo(f"rolled back: {version} is the champion again")
+
+
+@models_app.command("history")
+def models_history(limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """Champion changes, newest first: when, what, from which version, why, by whom."""
+    from segmentation.db import connection
+    from segmentation.registry import champion_log
+
+    with connection(_url()) as conn:
+        rows = champion_log(conn, limit)
+    if not rows:
+        typer.echo("no champion yet: run `segmentation train`")
+    for when, action, version, previous, reason, by in rows:
+        typer.echo(f"{when:%Y-%m-%d %H:%M:%S}  {action:<8} {version}  (was {previous or '-'})"
+                   f"  {reason}  [{by}]")
 
 
 @app.command()
@@ -406,7 +453,7 @@ def demo(
     typer.echo(f"ingested batch {result.batch_id}: {result.rows_in:,} rows")
     _validate([result.batch_id], url, settings)
     train(k="4", sample_size=200_000, force=False)
-    score(mode="full", wait=True)
+    score(mode="full", wait=True, partitions=1)
     _print_segments(url)
     typer.echo("\nopen the app:  segmentation app      (http://localhost:8501)")
     typer.echo("query it:      segmentation db url   (prints a psql line)")
@@ -429,15 +476,17 @@ def _print_segments(url: str) -> None:
 @app.command("app")
 def run_app(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501) -> None:
     """Start the Streamlit app on this database."""
-    import subprocess
-
     url = _url()
     script = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
     env = {**os.environ, "SEGMENTATION_DATABASE_URL": url}
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer"]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the server replaces this process: its pid is the one ops see and stop, and no child
+    # outlives a killed parent
+    os.execve(sys.executable, cmd, env)
 
 
 QUIET_DEFAULTS = {
@@ -458,10 +507,22 @@ class _NoTracebackForUserErrors(logging.Filter):
         return True
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C: context managers and atexit hooks run, so children
+    (Prefect's temporary server, a Dask cluster) stop with this process."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Console entry point: user errors are one line and exit 1."""
+    """Console entry point: user errors are one line and exit 1; drift exits 3."""
+    import signal
+
     import psycopg
 
+    from segmentation.errors import DriftDetected
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
     for name in ("prefect.task_engine", "prefect.flow_engine", "prefect.task_runs",
@@ -469,6 +530,13 @@ def main() -> None:
         logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
     try:
         app()
+    except DriftDetected as exc:  # published: the summary, then what drifted
+        for line in str(exc).splitlines():
+            typer.echo(line, err=line.startswith("drift: "))
+        sys.exit(EXIT_DRIFT)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except SegmentationError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

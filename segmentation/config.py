@@ -34,6 +34,17 @@ class Settings(BaseSettings):
         " Unset: a local cluster of dask_workers processes.",
     )
     dask_workers: int = Field(default=2, gt=0, description="Workers of the local Dask cluster.")
+    retry_window_s: float = Field(
+        default=600, ge=0,
+        description="How long database tasks keep retrying transient errors (a restart, a"
+        " failover), with exponential backoff and jitter. 0: no retries.")
+    statement_timeout_s: float = Field(
+        default=3600, ge=0, description="PostgreSQL statement_timeout of every session (0: none).")
+    lock_wait_s: float = Field(
+        default=1800, ge=0,
+        description="How long a run waits behind another scoring run or a batch's validation.")
+    flow_timeout_s: float = Field(
+        default=4 * 3600, gt=0, description="A flow run longer than this is stopped as failed.")
 
     @property
     def models_path(self) -> Path:
@@ -47,9 +58,10 @@ def load_settings() -> Settings:
 
 
 def mask_url(url: str) -> str:
-    """Render a database URL with its password hidden, for logs and messages."""
+    """Render a database URL with its password hidden (and without the session options the
+    CLI adds, such as the statement timeout), for logs and messages."""
     try:
         parsed = make_url(url)
     except Exception:
         return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
+    return parsed.difference_update_query(["options"]).render_as_string(hide_password=True)

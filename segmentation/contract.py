@@ -116,6 +116,22 @@ def contract_rules() -> list[Rule]:
     return rules
 
 
+def format_value(value: Any) -> str:
+    """A number as people write it: 1,000,000,000 and 88.98, not 1e+09 and 88.97999999999996."""
+    if value is None:
+        return "null"
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(value)
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        return str(number)
+    if number.is_integer():
+        return f"{number:,.0f}"
+    if abs(number) >= 1000:
+        return f"{number:,.2f}"
+    return f"{number:.6g}" if abs(number) < 0.01 else f"{round(number, 4):g}"
+
+
 def describe(rule: Rule) -> str:
     """A rule in words, for messages."""
     k = rule.kwargs
@@ -123,8 +139,8 @@ def describe(rule: Rule) -> str:
         return str(k["description"])
     if rule.expectation == "ExpectColumnValuesToBeBetween":
         low = "(" if k.get("strict_min") else "["
-        high = "inf" if k.get("max_value") == FINITE_MAX else f"{k.get('max_value'):g}"
-        return f"{rule.column} within {low}{k.get('min_value'):g}, {high}]"
+        return (f"{rule.column} within {low}{format_value(k.get('min_value'))}, "
+                f"{format_value(k.get('max_value'))}]")
     if rule.expectation == "ExpectColumnValuesToNotBeNull":
         mostly = k.get("mostly")
         return (f"{rule.column} present in at least {mostly:.0%} of rows" if mostly
@@ -138,6 +154,23 @@ def describe(rule: Rule) -> str:
     if rule.expectation == "ExpectTableRowCountToBeBetween":
         return "at least one row"
     return rule.key
+
+
+def violation(rule: Rule) -> str:
+    """What the rows that break a rule are like, for counts: "minimum_payments is null",
+    not the rule "minimum_payments is not null"."""
+    k = rule.kwargs
+    if rule.expectation == "ExpectColumnValuesToNotBeNull":
+        mostly = k.get("mostly")
+        return (f"{rule.column} is null in more than {1 - mostly:.0%} of rows" if mostly
+                else f"{rule.column} is null")
+    if rule.expectation == "ExpectColumnValuesToBeBetween" and "description" not in k:
+        return f"{rule.column} outside {describe(rule).split(' within ', 1)[1]}"
+    if rule.expectation == "ExpectColumnValuesToBeUnique":
+        return f"{rule.column} repeats within the batch"
+    if rule.expectation == "ExpectColumnValuesToBeInTypeList":
+        return f"{rule.column} is not numeric"
+    return f"breaks: {describe(rule)}"
 
 
 def check_values(values: dict[str, float | None]) -> dict[str, str]:

@@ -14,24 +14,30 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
 from segmentation.config import Settings, mask_url
-from segmentation.errors import SegmentationError
+from segmentation.errors import DatabaseUnavailable, SegmentationError
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 7_421_001  # pg_advisory_lock key: one migrator at a time
 
 
 def resolve_url(settings: Settings) -> str:
-    """The SQLAlchemy URL to use: the configured one, or the embedded server's."""
+    """The SQLAlchemy URL to use: the configured one, or the embedded server's, with the
+    statement timeout (SEGMENTATION_STATEMENT_TIMEOUT_S) as a session option."""
     if settings.database_url:
         url = make_url(settings.database_url)
         if not url.drivername.startswith("postgresql"):
             raise SegmentationError(
                 f"SEGMENTATION_DATABASE_URL must be a PostgreSQL URL, got {mask_url(str(url))}"
             )
-        return str(url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
-    from segmentation.embedded import ensure_embedded
+        url = url.set(drivername="postgresql+psycopg")
+    else:
+        from segmentation.embedded import ensure_embedded
 
-    return ensure_embedded(settings.home)
+        url = make_url(ensure_embedded(settings.home))
+    if settings.statement_timeout_s and "options" not in url.query:
+        url = url.update_query_dict(
+            {"options": f"-cstatement_timeout={int(settings.statement_timeout_s * 1000)}"})
+    return str(url.render_as_string(hide_password=False))
 
 
 def conninfo(url: str) -> str:
@@ -39,13 +45,44 @@ def conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+# What a restart, a failover or a conflict looks like: worth retrying after a pause.
+TRANSIENT_SQLSTATES = frozenset({
+    "57P01", "57P02", "57P03",  # admin shutdown, crash shutdown, cannot connect now
+    "08000", "08001", "08003", "08004", "08006",  # connection exceptions
+    "40001", "40P01",  # serialization failure, deadlock
+    "53300",  # too many connections
+})
+# A connection that never reached the server (no SQLSTATE): refused, reset, timed out.
+TRANSIENT_TEXT = ("connection refused", "could not connect", "server closed the connection",
+                  "connection timed out", "timeout expired", "no such file or directory",
+                  "the database system is", "terminating connection", "connection is lost",
+                  "consuming input failed", "connection reset", "ssl syscall")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry may cure (the server restarting, a dropped connection, a
+    serialization failure); False for bad credentials, a missing database, bad SQL, bad data."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate is not None:
+        return exc.sqlstate in TRANSIENT_SQLSTATES
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        text = str(exc).lower()
+        return any(marker in text for marker in TRANSIENT_TEXT)
+    return False
+
+
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """Open a psycopg connection; a failure names the (masked) URL, never the password."""
+    """Open a psycopg connection; a failure names the (masked) URL, never the password.
+    A refused or dropped connection raises DatabaseUnavailable (retried by the flows)."""
     try:
         return psycopg.connect(conninfo(url), autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegmentationError(f"cannot connect to {mask_url(url)}: {first}") from None
+        error = DatabaseUnavailable if is_transient(exc) else SegmentationError
+        raise error(f"cannot connect to {mask_url(url)}: {first}") from None
 
 
 @contextmanager

@@ -21,5 +21,13 @@ class DriftDetected(SegmentationError):
     """Data or segment mix moved past the major-shift PSI band: the model may be stale."""
 
 
+class DatabaseUnavailable(SegmentationError):
+    """The server refused or dropped the connection (restarting, failing over): retry."""
+
+
+class BatchBusy(SegmentationError):
+    """Another run is validating this batch."""
+
+
 class RunLocked(SegmentationError):
     """Another scoring run holds the lock."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,18 @@ MAX_ID_LENGTH = 256  # ids are keys: btree entries must stay small
 # What PostgreSQL's double precision accepts (NaN and infinities are left to validation).
 NUMBER_RE = r"^\s*[-+]?((\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)\s*$"
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-ENCODINGS = {"utf-8": "UTF8", "utf8": "UTF8", "latin1": "LATIN1", "latin-1": "LATIN1",
-             "iso-8859-1": "LATIN1", "cp1252": "WIN1252", "windows-1252": "WIN1252"}
+# Python codec name -> PostgreSQL's: COPY decodes these itself; any other codec Python knows
+# is decoded here and streamed to COPY as UTF-8.
+PG_ENCODINGS = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "iso8859-1": "LATIN1",
+                "cp1252": "WIN1252", "iso8859-15": "LATIN9"}
+# A byte-order mark names the encoding whatever --encoding says (longest first: UTF-32 LE
+# starts like UTF-16 LE).
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"))
+# The magnitudes PostgreSQL's double precision holds (finite, non-zero): outside, the cast fails.
+FLOAT8_MAX = "1.7976931348623157e308"
+FLOAT8_MIN = "2.2250738585072014e-308"
 
 
 ACCEPT_LOCK = 7_421_003  # advisory lock: accepting rows into customers vs scoring snapshots
@@ -54,20 +65,50 @@ def new_batch_id() -> str:
     return f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def read_csv_header(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> list[str]:
-    """Check that `path` is a readable CSV and return its header (as written)."""
+def check_csv_options(delimiter: str, encoding: str) -> str:
+    """The codec's canonical name, or one line saying what is wrong with the options."""
+    if len(delimiter) != 1 or delimiter in "\r\n\"":
+        raise IngestError(f"--delimiter must be a single character other than a quote or a "
+                          f"line break, got {delimiter!r}")
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise IngestError(f"unknown encoding {encoding!r}: use a name Python's codecs know "
+                          "(utf-8, utf-16, latin1, cp1252, ...)") from None
+
+
+def detect_encoding(head: bytes, encoding: str) -> str:
+    """The file's codec: the one its byte-order mark names, else the one given."""
+    for bom, name in BOMS:
+        if head.startswith(bom):
+            return name
+    return check_csv_options(",", encoding)
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of a file, or one line saying why it cannot be read."""
     if not path.exists():
         raise IngestError(f"{path}: no such file")
     if path.is_dir():
         raise IngestError(f"{path}: is a directory, expected a CSV file")
-    if encoding.lower() not in ENCODINGS:
-        raise IngestError(f"unsupported encoding {encoding!r}; use one of {sorted(ENCODINGS)}")
-    with path.open("rb") as fh:
-        head = fh.read(SNIFF_BYTES)
+    try:
+        with path.open("rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_csv_header(path: Path, delimiter: str = ",", encoding: str = "utf-8"
+                    ) -> tuple[list[str], str]:
+    """Check that `path` is a readable CSV; return its header (as written) and codec."""
+    check_csv_options(delimiter, encoding)
+    head = read_head(path)
     if not head.strip():
         raise IngestError(f"{path}: the file is empty (no header, no rows)")
-    if b"\x00" in head:
-        raise IngestError(f"{path}: not a CSV file (binary content: NUL bytes)")
+    encoding = detect_encoding(head, encoding)
+    if b"\x00" in head and not encoding.startswith(("utf-16", "utf-32")):
+        raise IngestError(f"{path}: not a CSV file (binary content: NUL bytes); if it is "
+                          "UTF-16 without a byte-order mark, pass --encoding utf-16")
     decoder = codecs.getincrementaldecoder(encoding)()
     try:
         text = decoder.decode(head, final=False)
@@ -88,7 +129,7 @@ def read_csv_header(path: Path, delimiter: str = ",", encoding: str = "utf-8") -
                 )
         raise IngestError(f"{path}: not a CSV file with the customer columns (header: "
                           f"{first_line[:80]!r})")
-    return header
+    return header, encoding
 
 
 def map_columns(header: list[str]) -> tuple[list[str], list[str]]:
@@ -117,6 +158,30 @@ def _create_landing(conn: psycopg.Connection, landing: list[str]) -> None:
     conn.execute(sql.SQL("CREATE TEMP TABLE landing ({}) ON COMMIT DROP").format(columns))
 
 
+def _file_blocks(path: Path, encoding: str) -> Iterator[bytes]:
+    """The file in 1 MiB blocks: as stored when PostgreSQL decodes the encoding itself,
+    else decoded here and re-encoded as UTF-8."""
+    with path.open("rb") as fh:
+        if encoding in PG_ENCODINGS:
+            while block := fh.read(BLOCK):
+                yield block
+            return
+        decoder = codecs.getincrementaldecoder(encoding)()
+        offset = 0
+        while True:
+            block = fh.read(BLOCK)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise IngestError(f"{path}: not valid {encoding} (at byte offset "
+                                  f"{offset + exc.start})") from None
+            offset += len(block)
+            if text:  # the UTF-16/32 codecs consume the byte-order mark themselves
+                yield text.encode("utf-8")
+            if not block:
+                return
+
+
 def _copy_file(conn: psycopg.Connection, path: Path, landing: list[str],
                delimiter: str, encoding: str) -> None:
     """Stream the file into the landing table with COPY (1 MiB blocks)."""
@@ -125,14 +190,16 @@ def _copy_file(conn: psycopg.Connection, path: Path, landing: list[str],
     ).format(
         sql.SQL(", ").join(sql.Identifier(n) for n in landing),
         sql.Literal(delimiter),
-        sql.Literal(ENCODINGS[encoding.lower()]),
+        sql.Literal(PG_ENCODINGS.get(encoding, "UTF8")),
     )
     try:
-        with conn.cursor().copy(statement) as copy, path.open("rb") as fh:
-            while block := fh.read(BLOCK):
+        with conn.cursor().copy(statement) as copy:
+            for block in _file_blocks(path, encoding):
                 copy.write(block)
     except psycopg.Error as exc:
         raise IngestError(f"{path}: {_describe_copy_error(exc)}") from None
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _describe_copy_error(exc: psycopg.Error) -> str:
@@ -196,6 +263,24 @@ def _check_numbers(conn: psycopg.Connection) -> None:
     ]
     if problems:
         raise IngestError("non-numeric values in numeric column(s): " + "; ".join(problems))
+
+
+def _check_ranges(conn: psycopg.Connection) -> None:
+    """Every number fits PostgreSQL's double precision, naming each offending column."""
+    def outside(name: str) -> sql.Composable:
+        v = sql.SQL("NULLIF(btrim({}), '')::numeric").format(sql.Identifier(name))
+        return sql.SQL("({v} NOT IN ('NaN', 'Infinity', '-Infinity') AND (abs({v}) > {hi}"
+                       " OR ({v} <> 0 AND abs({v}) < {lo})))").format(
+            v=v, hi=sql.Literal(FLOAT8_MAX), lo=sql.Literal(FLOAT8_MIN))
+    checks = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE {o}), min(btrim({c})) FILTER (WHERE {o})").format(
+            o=outside(name), c=sql.Identifier(name)) for name in FEATURES)
+    row = conn.execute(sql.SQL("SELECT {} FROM landing").format(checks)).fetchone()
+    assert row is not None
+    problems = [f"{name}: {row[2 * i]} value(s) too large or too small for a number, e.g. "
+                f"{row[2 * i + 1]!r}" for i, name in enumerate(FEATURES) if row[2 * i]]
+    raise IngestError("numbers out of range in column(s): " + "; ".join(problems or
+                      ["a value does not fit a double precision number"]))
 
 
 def _land(conn: psycopg.Connection, batch_id: str) -> None:
@@ -285,6 +370,8 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
     except psycopg.errors.InvalidTextRepresentation:
         _check_numbers(conn)
         raise
+    except psycopg.errors.NumericValueOutOfRange:
+        _check_ranges(conn)
     except psycopg.errors.UniqueViolation:
         _explain_duplicates(conn)
         raise
@@ -297,7 +384,7 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
 def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",
                batch_id: str | None = None) -> IngestResult:
     """Load a CSV (original upper-case or snake_case headers) as one batch, all or nothing."""
-    header = read_csv_header(path, delimiter, encoding)
+    header, encoding = read_csv_header(path, delimiter, encoding)
     landing, warnings = map_columns(header)
     batch_id = batch_id or new_batch_id()
     with connection(url) as conn:

@@ -116,32 +116,71 @@ def register_version(conn: psycopg.Connection, saved: SavedVersion, model: Segme
         )
 
 
-def promote(conn: psycopg.Connection, version: str, reason: str = "promoted") -> None:
-    """Make `version` the one champion, retiring the old one, in one transaction."""
+def promote(conn: psycopg.Connection, version: str, reason: str = "promoted",
+            changed_by: str = "library", action: str = "promote") -> None:
+    """Make `version` the one champion, retiring the old one, log the change and install
+    segment_for(...) for it, in one transaction: SQL users score with the champion, always.
+    The version's own note (status_reason) is never overwritten."""
+    from segmentation.sqlexport import install_segment_for
+
     with conn.transaction():
         conn.execute("LOCK TABLE model_versions IN SHARE ROW EXCLUSIVE MODE")
         found = conn.execute("SELECT status FROM model_versions WHERE version = %s",
                              (version,)).fetchone()
         if found is None:
             raise SegmentationError(f"no model version {version!r}")
+        previous = champion_version(conn)
+        if previous == version:
+            raise SegmentationError(f"{version} is already the champion")
+        model = load_version(conn, version)  # refuses a missing or tampered file first
         conn.execute("UPDATE model_versions SET status = 'retired' WHERE status = 'champion'")
+        conn.execute("UPDATE model_versions SET status = 'champion',"
+                     " promoted_at = clock_timestamp() WHERE version = %s", (version,))
         conn.execute(
-            "UPDATE model_versions SET status = 'champion', promoted_at = clock_timestamp(),"
-            " status_reason = %s WHERE version = %s",
-            (reason, version),
-        )
+            "INSERT INTO champion_log (version, previous_version, action, reason, changed_by)"
+            " VALUES (%s, %s, %s, %s, %s)", (version, previous, action, reason, changed_by))
+        install_segment_for(conn, model)
 
 
-def rollback(conn: psycopg.Connection) -> str:
-    """Restore the champion before the current one; returns its version."""
-    row = conn.execute(
-        "SELECT version FROM model_versions WHERE status = 'retired' AND promoted_at IS NOT NULL"
-        " ORDER BY promoted_at DESC LIMIT 1"
-    ).fetchone()
-    if row is None:
-        raise SegmentationError("no previous champion to roll back to")
-    promote(conn, row[0], reason="rollback")
-    return str(row[0])
+def champion_stack(conn: psycopg.Connection) -> list[str]:
+    """The champions a rollback walks back through, oldest first: the log replayed, a
+    promotion pushing its version, a rollback popping back to its own."""
+    stack: list[str] = []
+    for version, action in conn.execute("SELECT version, action FROM champion_log ORDER BY id"):
+        if action == "rollback" and version in stack:
+            newest = len(stack) - 1 - stack[::-1].index(version)
+            del stack[newest + 1:]
+        else:
+            stack.append(version)
+    return stack
+
+
+def rollback(conn: psycopg.Connection, to: str | None = None, changed_by: str = "library",
+             reason: str | None = None) -> str:
+    """Restore the champion before the current one (or `to`, an earlier champion still on
+    the log's stack), one champion per call; returns its version."""
+    stack = champion_stack(conn)
+    earlier = stack[:-1]
+    if to is None:
+        if not earlier:
+            raise SegmentationError("no earlier champion to roll back to")
+        target = earlier[-1]
+    elif to not in earlier:
+        shown = ", ".join(reversed(earlier)) or "none"
+        raise SegmentationError(f"{to} is not an earlier champion (rollback targets, newest "
+                                f"first: {shown})")
+    else:
+        target = to
+    promote(conn, target, reason=reason or f"rollback from {stack[-1]}",
+            changed_by=changed_by, action="rollback")
+    return target
+
+
+def champion_log(conn: psycopg.Connection, limit: int = 20) -> list[tuple]:
+    """The newest champion changes: (when, action, version, previous, reason, by)."""
+    return conn.execute(
+        "SELECT changed_at, action, version, previous_version, reason, changed_by"
+        " FROM champion_log ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
 
 
 def champion_version(conn: psycopg.Connection) -> str | None:
@@ -188,10 +227,37 @@ def champion_reference(conn: psycopg.Connection) -> dict[str, Any]:
     return dict(row[0]) if row and row[0] else {}
 
 
-def apply_name_overrides(conn: psycopg.Connection, model: SegmentationModel) -> dict[int, str]:
-    """Segment names with ops' overrides (table segment_name_overrides) applied."""
-    names = dict(model.names)
-    for seg, name in conn.execute("SELECT segment_id, name FROM segment_name_overrides"):
-        if seg in names:
-            names[int(seg)] = str(name)
-    return names
+def segment_names(conn: psycopg.Connection, version: str | None = None) -> dict[int, str]:
+    """A version's segment names as every reader sees them (ops' renames win); default:
+    the champion's. The view segment_names is the one source of truth."""
+    if version is None:
+        version = champion_version(conn)
+    return {int(seg): str(name) for seg, name in conn.execute(
+        "SELECT segment_id, segment_name FROM segment_names WHERE model_version = %s"
+        " ORDER BY segment_id", (version,))}
+
+
+def rename_segment(conn: psycopg.Connection, segment_id: int, name: str | None) -> str:
+    """Rename a champion segment for every reader at once (name None: back to the generated
+    name); returns the name now in effect. One row written, in one transaction."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT n.generated_name FROM segment_names n JOIN model_versions m ON"
+            " m.version = n.model_version AND m.status = 'champion' WHERE n.segment_id = %s",
+            (segment_id,)).fetchone()
+        if row is None:
+            known = ", ".join(str(s) for s in segment_names(conn)) or "none: no champion"
+            raise SegmentationError(f"the champion has no segment {segment_id} "
+                                    f"(its segments: {known})")
+        if name is None:
+            conn.execute("DELETE FROM segment_name_overrides WHERE segment_id = %s",
+                         (segment_id,))
+            return str(row[0])
+        name = name.strip()
+        if not 1 <= len(name) <= 80:
+            raise SegmentationError("a segment name must have 1 to 80 characters")
+        conn.execute(
+            "INSERT INTO segment_name_overrides (segment_id, name) VALUES (%s, %s)"
+            " ON CONFLICT (segment_id) DO UPDATE SET name = EXCLUDED.name, updated_at = now()",
+            (segment_id, name))
+        return name

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from segmentation.validation import ValidationReport
 
 
-def retrain_summary(result: TrainingResult, status: str) -> str:
-    """One paragraph for the CLI and logs."""
+def retrain_summary(result: TrainingResult, status: str,
+                    names: dict[int, str] | None = None) -> str:
+    """One paragraph for the CLI and logs (names: as readers see them, renames applied)."""
+    names = {**result.model.names, **(names or {})}
     m = result.metrics
     lines = [f"model {result.model.version}: {status}; k={m['k']}, silhouette "
              f"{m['silhouette']:.3f}, tree agreement {m['tree']['agreement']:.1%} on "
@@ -24,15 +26,17 @@ def retrain_summary(result: TrainingResult, status: str) -> str:
                      if status != "champion" else
                      "promoted with --force despite: " + "; ".join(result.gate_failures))
     for seg in sorted(result.model.names):
-        lines.append(f"  segment {seg}: {result.model.names[seg]} ({result.sizes.get(seg, 0):,})"
+        lines.append(f"  segment {seg}: {names[seg]} ({result.sizes.get(seg, 0):,})"
                      f" - {result.model.profiles[seg]}")
     return "\n".join(lines)
 
 
-def segment_rows(result: TrainingResult) -> list[dict[str, Any]]:
-    """Table artifact rows: one per segment."""
+def segment_rows(result: TrainingResult,
+                 names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Table artifact rows: one per segment (names: as readers see them)."""
     total = sum(result.sizes.values()) or 1
-    return [{"segment_id": seg, "name": result.model.names[seg],
+    names = {**result.model.names, **(names or {})}
+    return [{"segment_id": seg, "name": names[seg],
              "size": result.sizes.get(seg, 0), "share": round(result.sizes.get(seg, 0) / total, 4),
              "profile": result.model.profiles[seg]} for seg in sorted(result.model.names)]
 
@@ -88,8 +92,9 @@ def _pca_plot(result: TrainingResult) -> str:
     return _png(fig, "PCA scatter")
 
 
-def retrain_markdown(result: TrainingResult, status: str) -> str:
-    """Markdown artifact: metrics, k report, segments, rules."""
+def retrain_markdown(result: TrainingResult, status: str,
+                     names: dict[int, str] | None = None) -> str:
+    """Markdown artifact: metrics, k report, segments (names as readers see them), rules."""
     from segmentation.tree import export_rules
 
     m = result.metrics
@@ -111,7 +116,7 @@ def retrain_markdown(result: TrainingResult, status: str) -> str:
     out += ["## Segments", "", _pca_plot(result), "", "| id | name | size | profile |",
             "|---|---|---|---|"]
     out += [f"| {r['segment_id']} | {r['name']} | {r['size']:,} | {r['profile']} |"
-            for r in segment_rows(result)]
+            for r in segment_rows(result, names)]
     out += ["", "## Rules", "", "```", export_rules(result.model), "```"]
     return "\n".join(out)
 
@@ -122,7 +127,8 @@ def scoring_summary(result: ScoreResult) -> str:
     how = f", published by {result.published_by}" if result.published_by else ""
     return (f"run {result.run_id} ({result.mode}, model {result.model_version}): "
             f"{result.rows_in:,} in, {result.rows_scored:,} scored, "
-            f"{result.rows_quarantined:,} quarantined, {result.rows_changed:,} changed, "
+            f"{result.rows_changed:,} changed, {result.rows_quarantined:,} quarantined in the "
+            "batches it scored first, "
             f"{result.seconds:.1f}s ({rate:,.0f} rows/s{how})")
 
 

@@ -26,8 +26,8 @@ from segmentation.clustering import (
 from segmentation.db import connection
 from segmentation.errors import ModelError
 from segmentation.features import COLUMNS, FEATURES, feature_frame, feature_matrix
+from segmentation.reading import iter_chunks
 from segmentation.registry import SavedVersion, promote, register_version
-from segmentation.scoring import iter_chunks
 from segmentation.tree import fit_rules_tree
 
 MIN_AGREEMENT = 0.93
@@ -114,7 +114,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         "silhouette": float(silhouette_score(z[pick], labels[pick])),
         "davies_bouldin": float(davies_bouldin_score(z, labels)),
         "tree": tree_metrics,
-        "training_rows": len(df),
+        "training_rows": int(df.attrs.get("population", len(df))),
         "sample_rows": len(sample),
         "random_state": random_state,
         "data_fingerprint": fingerprint_frame(sample),
@@ -163,13 +163,16 @@ def load_training_frame(url: str, sample_size: int | None, random_state: int) ->
             query, sql.Literal(str(random_state)), sql.Literal(int(sample_size)))
     with connection(url) as conn:
         chunks = list(iter_chunks(conn, query, 100_000))
+        row = conn.execute("SELECT count(*) FROM customers").fetchone()
     if not chunks:
         raise ModelError("no customers to train on: run `segmentation ingest` first")
-    return pd.concat(chunks, ignore_index=True)
+    frame = pd.concat(chunks, ignore_index=True)
+    frame.attrs["population"] = int(row[0]) if row else len(frame)  # what the sample is of
+    return frame
 
 
 def register_and_gate(url: str, saved: SavedVersion, result: TrainingResult,
-                      force: bool) -> str:
+                      force: bool, changed_by: str = "retrain") -> str:
     """Register the saved version; promote it if the gates hold or `force`. Returns status."""
     failures = result.gate_failures
     reason = "; ".join(failures) if failures else None
@@ -179,5 +182,6 @@ def register_and_gate(url: str, saved: SavedVersion, result: TrainingResult,
         if failures and not force:
             return "challenger"
         promote(conn, saved.version,
-                reason=f"forced past: {reason}" if failures else "passed the quality gates")
+                reason=f"forced past: {reason}" if failures else "passed the quality gates",
+                changed_by=changed_by)
     return "champion"

@@ -14,6 +14,8 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +25,18 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
-from segmentation.contract import DERIVED, Rule, contract_rules, describe
+from segmentation.contract import DERIVED, Rule, contract_rules, describe, format_value, violation
 from segmentation.db import connection, require_schema
-from segmentation.errors import SegmentationError
+from segmentation.errors import BatchBusy, SegmentationError
 from segmentation.features import FEATURES
 from segmentation.ingest import accept_batch
 
 EXAMPLES = 3
+VALIDATION_LOCK = 7_421_004  # pg_advisory_lock(VALIDATION_LOCK, hashtext(batch)): one at a time
+
+
+class AlreadyValidated(SegmentationError):
+    """The batch was validated (by another run, or before): nothing to do."""
 PSI_BANDS = ((0.25, "major shift"), (0.10, "moderate shift"))  # below 0.10: stable
 
 
@@ -45,10 +52,11 @@ class RuleOutcome:
     error: str | None = None  # GX could not evaluate the rule (e.g. a dropped connection)
 
     def line(self) -> str:
-        """One human line: rule, column, rows, examples."""
-        text = f"[{self.rule.tier}] {describe(self.rule)}"
+        """One human line: what the broken rows are like (or the rule), rows, examples."""
         if self.unexpected:
-            text += f": {self.unexpected:,} row(s)"
+            text = f"[{self.rule.tier}] {violation(self.rule)}: {self.unexpected:,} row(s)"
+        else:
+            text = f"[{self.rule.tier}] {describe(self.rule)}"
         if self.examples:
             text += f", e.g. {', '.join(self.examples)}"
         return text
@@ -197,7 +205,7 @@ def _interpret(rules: list[Rule], raw: list[dict[str, Any]]) -> list[RuleOutcome
         outcome.unexpected = int(result.get("unexpected_count") or 0)
         index = result.get("unexpected_index_list") or []
         outcome.ids = [str(row["customer_id"]) for row in index]
-        outcome.examples = [f"{row['customer_id']!r} ({row.get(rule.column)})"
+        outcome.examples = [f"{row['customer_id']!r} ({format_value(row.get(rule.column))})"
                             for row in index[:EXAMPLES]]
         if item.get("error"):
             outcome.success = False
@@ -307,14 +315,49 @@ def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutc
     return len(broken)
 
 
+@contextmanager
+def batch_lock(url: str, batch_id: str, wait_s: float) -> Iterator[None]:
+    """Hold the batch's validation lock for the block: a second validation of the same batch
+    waits up to wait_s (0: not at all), then is told the batch is being validated."""
+    with connection(url, autocommit=True) as conn:
+        key = (VALIDATION_LOCK, batch_id)
+        if wait_s > 0:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)",
+                         (f"{int(wait_s * 1000)}ms",))
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+                got = True
+            except psycopg.errors.LockNotAvailable:
+                got = False
+        else:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()
+            got = bool(row and row[0])
+        if not got:
+            raise BatchBusy(f"batch {batch_id} is being validated by another run; try again "
+                            "when it has finished (`segmentation batches list`)")
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+
+
 def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.05,
                    reference: dict[str, dict[str, list[float]]] | None = None,
-                   docs_dir: Path | None = None) -> ValidationReport:
+                   docs_dir: Path | None = None, lock_wait_s: float = 600) -> ValidationReport:
     """Validate a landed batch; accept its good rows or fail it. Records a validation_runs row.
 
-    With docs_dir, GX Data Docs for the batch are written there (slower: GX looks for
-    examples of every rule).
+    One validation per batch at a time (batch_lock); a batch found validated once the lock
+    is held raises AlreadyValidated. With docs_dir, GX Data Docs for the batch are written
+    there (slower: GX looks for examples of every rule).
     """
+    with batch_lock(url, batch_id, lock_wait_s):
+        return _validate_locked(url, batch_id, max_quarantine_share, reference, docs_dir)
+
+
+def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
+                     reference: dict[str, dict[str, list[float]]] | None,
+                     docs_dir: Path | None) -> ValidationReport:
+    """validate_batch, under the batch's lock."""
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     with connection(url) as conn:
@@ -324,6 +367,8 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
     if row is None:
         raise SegmentationError(f"no batch {batch_id!r}")
     status, rows_in = row
+    if status == "validated":
+        raise AlreadyValidated(f"batch {batch_id} is already validated")
     if status not in ("loaded", "failed"):
         raise SegmentationError(f"batch {batch_id} is already {status}")
     rules = contract_rules()

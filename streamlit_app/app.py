@@ -43,10 +43,16 @@ SUMMARY_TTL_S = 120  # the tables change once a night; lookups below are always 
 
 
 @st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
-def summary(name: str, url: str) -> pd.DataFrame:
-    """An overview/registry read (a function of streamlit_app.data), cached briefly: every
-    interaction reruns the whole script, and these scan the scored table."""
+def _cached(name: str, url: str, stamp: str) -> pd.DataFrame:
+    """A read of streamlit_app.data, cached per state of the database (stamp)."""
     return getattr(data, name)(get_engine(url))
+
+
+def summary(name: str, url: str) -> pd.DataFrame:
+    """An overview/registry read (a function of streamlit_app.data): cached, since every
+    interaction reruns the whole script and these scan the scored table, but never past a
+    rename, a champion change or a run (one tiny query says which state is current)."""
+    return _cached(name, url, data.freshness(get_engine(url)))
 
 
 def bounds(feature: str) -> tuple[float, float | None]:
@@ -166,8 +172,10 @@ def predict(url: str) -> None:
         row = pd.DataFrame([values])
         segment = int(model.predict(row)[0])
         _, steps = decision_path(model, row)
-        st.success(f"Segment {segment}: {model.names.get(segment, '?')}")
-        st.caption(model.profiles.get(segment, ""))
+        names = data.segment_names(get_engine(url), model.version)  # renames apply at once
+        name, profile = names.get(segment, (model.names.get(segment, "?"), ""))
+        st.success(f"Segment {segment}: {name}")
+        st.caption(profile or model.profiles.get(segment, ""))
         st.markdown("**Decision path:** " + " and ".join(f"`{s}`" for s in steps))
         point = model.pca.transform(model.standardize(row))[0]
         scatter = projected_sample(url, model.version)

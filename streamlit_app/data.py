@@ -23,17 +23,35 @@ def app_engine(url: str) -> Engine:
 def champion_segments(engine: Engine) -> pd.DataFrame:
     """Segments of the champion with their current customer counts."""
     query = text(
-        "SELECT p.segment_id, coalesce(o.name, p.name) AS name, coalesce(o.profile, p.profile)"
-        " AS profile, coalesce(c.customers, 0) AS customers, p.version"
-        " FROM segment_profiles p JOIN model_versions m ON m.version = p.version"
+        "SELECT n.segment_id, n.segment_name AS name, n.profile,"
+        " coalesce(c.customers, 0) AS customers, n.model_version AS version"
+        " FROM segment_names n JOIN model_versions m ON m.version = n.model_version"
         " AND m.status = 'champion'"
-        " LEFT JOIN segment_name_overrides o ON o.segment_id = p.segment_id"
-        " LEFT JOIN (SELECT segment_id, count(*) AS customers FROM customer_segments"
-        "  GROUP BY segment_id) c ON c.segment_id = p.segment_id ORDER BY p.segment_id")
+        " LEFT JOIN (SELECT segment_id, count(*) AS customers FROM segment_assignments"
+        "  GROUP BY segment_id) c ON c.segment_id = n.segment_id ORDER BY n.segment_id")
     df = pd.read_sql(query, engine)
     total = df["customers"].sum()
     df["share"] = df["customers"] / total if total else 0.0
     return df
+
+
+def freshness(engine: Engine) -> str:
+    """What the cached reads depend on: champion, renames, champion log, latest runs."""
+    with engine.connect() as conn:
+        return str(conn.execute(text(
+            "SELECT concat_ws('|', (SELECT version FROM model_versions WHERE status ="
+            " 'champion'), (SELECT max(updated_at)::text || count(*) FROM"
+            " segment_name_overrides), (SELECT max(id) FROM champion_log),"
+            " (SELECT max(finished_at)::text FROM scoring_runs),"
+            " (SELECT max(finished_at)::text FROM validation_runs))")).scalar())
+
+
+def segment_names(engine: Engine, version: str) -> dict[int, tuple[str, str]]:
+    """A version's segments: id -> (name, profile) as readers see them (renames applied)."""
+    with engine.connect() as conn:
+        return {int(seg): (str(name), str(profile)) for seg, name, profile in conn.execute(text(
+            "SELECT segment_id, segment_name, profile FROM segment_names"
+            " WHERE model_version = :v"), {"v": version})}
 
 
 def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "customer_data.csv"
 ADMIN_URL = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-DATA_TABLES = ("segment_history", "customer_segments", "scoring_runs", "segment_profiles",
+DATA_TABLES = ("segment_history", "segment_assignments", "scoring_runs", "segment_profiles",
                "validation_runs", "customers_quarantine", "customers_incoming",
-               "segment_name_overrides", "model_versions", "customers", "ingest_batches",
-               "scoring_stage")
+               "segment_name_overrides", "champion_log", "drift_alerts", "model_versions",
+               "customers", "ingest_batches", "scoring_stage")
 
 
 @pytest.fixture(scope="session")

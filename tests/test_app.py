@@ -16,7 +16,7 @@ def scored_db(db: str, trained, models_dir: Path, synthetic_csv: Path,
               monkeypatch: pytest.MonkeyPatch) -> str:
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-app-1")
-    scoring.score_customers(db, model, model.names, mode="full")
+    scoring.score_customers(db, model, mode="full")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
     return db
 
@@ -98,3 +98,27 @@ def test_sizes_over_runs_follow_the_history(scored_db: str) -> None:
                                     " GROUP BY 1"))
     last = sizes.sort_values("started_at").groupby("segment_id")["customers"].last()
     assert {int(k): int(v) for k, v in last.items()} == current
+
+
+def test_a_rename_shows_at_once_in_every_tab(scored_db: str, trained, synthetic_frame) -> None:
+    """Overview, lookup and prediction name the segment as ops renamed it, without waiting
+    for the app's cache or a scoring run."""
+    from segmentation import registry
+    from segmentation.db import connection
+
+    at = run_app()  # the overview is cached before the rename
+    customer = str(synthetic_frame["customer_id"].iloc[0])
+    segment = int(trained.model.predict(synthetic_frame.iloc[[0]])[0])
+    with connection(scored_db) as conn:
+        registry.rename_segment(conn, segment, "Renamed by ops")
+    at.run()
+    overview = at.dataframe[0].value
+    assert "Renamed by ops" in set(overview["name"])
+    at.text_input(key="lookup_id").set_value(customer).run()
+    assert f"Segment {segment}: Renamed by ops" in " ".join(m.value for m in at.markdown)
+    for feature in synthetic_frame.columns.drop("customer_id"):  # predict that customer
+        value = synthetic_frame.iloc[0][feature]
+        if value == value:  # NaN stays at the form's default
+            at.number_input(key=f"f_{feature}").set_value(float(value))
+    at.button[0].click().run()
+    assert at.success[0].value == f"Segment {segment}: Renamed by ops"

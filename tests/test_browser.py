@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 def app_url(db: str, trained, models_dir: Path, synthetic_csv: Path):
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-browser-1")
-    scoring.score_customers(db, model, model.names, mode="full")
+    scoring.score_customers(db, model, mode="full")
     port = free_port()
     env = {**os.environ, "SEGMENTATION_DATABASE_URL": db,
            "SEGMENTATION_MODELS_DIR": str(models_dir)}

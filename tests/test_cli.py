@@ -11,7 +11,8 @@ from tests.helpers import query, run_cli
 
 VERBS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "stop"], ["generate"], ["ingest"],
          ["train"], ["score"], ["models"], ["models", "list"], ["models", "show"],
-         ["models", "promote"], ["models", "rollback"], ["models", "rename"], ["demo"],
+         ["models", "promote"], ["models", "rollback"], ["models", "rename"],
+         ["models", "history"], ["demo"],
          ["app"], ["validate"], ["nightly"], ["batches"], ["batches", "list"],
          ["batches", "discard"]]
 
@@ -69,7 +70,7 @@ def test_acceptance_on_the_real_file(db: str, real_data: Path, tmp_path: Path,
         assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
         if args[0] == "ingest":  # issue #3: the real file validates, warnings listed
             assert "8,950 accepted, 0 quarantined" in result.stdout
-            assert "warning: [warning] cash_advance_frequency within [0, 1]: 8 row(s)" \
+            assert "warning: [warning] cash_advance_frequency outside [0, 1]: 8 row(s)" \
                 in result.stdout
     assert query(db, "SELECT count(*), count(DISTINCT segment_id) FROM customer_segments") \
         == [(8_950, 4)]
@@ -111,3 +112,127 @@ def test_tamper_rollback_and_rename_through_the_cli(db: str, synthetic_csv: Path
     assert query(db, "SELECT DISTINCT model_version FROM customer_segments") == [(first,)]
     assert query(db, "SELECT DISTINCT segment_name FROM customer_segments"
                      " WHERE segment_id = 0") == [("VIP",)]
+
+
+def one_line_error(result, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Exit 1, a single `error: ...` line naming the problem, no traceback."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_rename_from_the_cli_is_immediate_and_checked(db: str, trained, synthetic_csv: Path,
+                                                     tmp_path: Path) -> None:
+    from segmentation import scoring
+    from tests.helpers import load_batch, register_champion
+
+    env = cli_env(db, tmp_path)
+    load_batch(db, synthetic_csv)
+    model = register_champion(db, trained, tmp_path / "models", "m-cli-names")
+    scoring.score_customers(db, model, mode="full")
+    renamed = run_cli("models", "rename", "2", "Dormant customers", env=env)
+    assert renamed.returncode == 0 and "'Dormant customers'" in renamed.stdout
+    assert query(db, "SELECT DISTINCT segment_name FROM customer_segments"
+                     " WHERE segment_id = 2") == [("Dormant customers",)]  # no rescore
+    assert "Dormant customers" in run_cli("models", "show", env=env).stdout
+    one_line_error(run_cli("models", "rename", "99", "Ghost", env=env),
+                   "the champion has no segment 99 (its segments: 0, 1, 2, 3)")
+    one_line_error(run_cli("models", "rename", "--", "-1", "X", env=env),
+                   "the champion has no segment -1")
+    one_line_error(run_cli("models", "rename", "2", env=env), "or --reset")
+    reset = run_cli("models", "rename", "2", "--reset", env=env)
+    assert reset.returncode == 0 and model.names[2] in reset.stdout
+    assert query(db, "SELECT DISTINCT segment_name FROM customer_segments"
+                     " WHERE segment_id = 2") == [(model.names[2],)]
+
+
+def test_bad_options_are_refused_before_the_heavy_imports(tmp_path: Path) -> None:
+    """`train --k 1` and friends answer without importing Prefect, GX or scikit-learn
+    (those take seconds): the check runs first."""
+    import subprocess
+    import sys
+
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('heavy:', sorted(m for m in ('prefect',"
+             " 'great_expectations', 'sklearn') if m in sys.modules), file=sys.stderr))\n"
+             "from segmentation.cli import main\n"
+             "sys.argv = ['segmentation', *sys.argv[1:]]\nmain()\n")
+    cases = [(["train", "--k", "1"], "--k must be an integer in 2..20"),
+             (["train", "--sample-size", "10"], "--sample-size must be at least 50"),
+             (["score", "--mode", "sometimes"], "--mode must be full or incremental"),
+             (["nightly", "--mode", "x"], "--mode must be full or incremental"),
+             (["ingest", "x.csv", "--delimiter", ";;"], "--delimiter must be a single"),
+             (["ingest", "x.csv", "--encoding", "klingon"], "unknown encoding 'klingon'")]
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                                text=True, timeout=60, env=cli_env("postgresql://x@127.0.0.1:1/x",
+                                                                   tmp_path))
+        assert result.returncode == 1, (args, result.stderr)
+        assert f"error: {message}" in result.stderr, (args, result.stderr)
+        assert "heavy: []" in result.stderr, (args, result.stderr)
+
+
+@pytest.mark.parametrize(("content", "options", "message"), [
+    ("1e400", [], "balance: 1 value(s) too large or too small for a number, e.g. '1e400'"),
+    ("-1e-400", [], "balance: 1 value(s) too large or too small for a number"),
+])
+def test_out_of_range_numbers_are_one_line(db: str, synthetic_csv: Path, tmp_path: Path,
+                                           content: str, options: list[str],
+                                           message: str) -> None:
+    lines = synthetic_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    fields = lines[1].split(",")
+    fields[header.index("BALANCE")] = content
+    path = tmp_path / "huge.csv"
+    path.write_text("\n".join([lines[0], ",".join(fields), *lines[2:20]]) + "\n")
+    one_line_error(run_cli("ingest", str(path), *options, env=cli_env(db, tmp_path)), message)
+    assert query(db, "SELECT count(*) FROM ingest_batches") == [(0,)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig", "cp437"])
+def test_files_in_other_encodings_load(db: str, synthetic_csv: Path, tmp_path: Path,
+                                       encoding: str) -> None:
+    """UTF-16 and UTF-8 with a byte-order mark load as they are; a codec PostgreSQL does not
+    know is decoded by Python (--encoding takes any name Python's codecs know)."""
+    import codecs
+
+    text = "\n".join(synthetic_csv.read_text().splitlines()[:51]) + "\n"
+    raw = text.encode(encoding)
+    if encoding == "utf-16-be":
+        raw = codecs.BOM_UTF16_BE + raw  # the BOM alone names it: no --encoding given
+    path = tmp_path / f"customers-{encoding}.csv"
+    path.write_bytes(raw)
+    options = ["--encoding", encoding] if encoding == "cp437" else []
+    result = run_cli("ingest", str(path), "--no-validate", *options, env=cli_env(db, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "loaded 50 rows" in result.stdout
+    assert query(db, "SELECT count(*) FROM customers_incoming") == [(50,)]
+
+
+@pytest.mark.slow
+def test_train_reports_once_and_rollback_walks_back(db: str, synthetic_csv: Path,
+                                                   tmp_path: Path, prefect_api: str) -> None:
+    env = cli_env(db, tmp_path)
+    assert run_cli("ingest", str(synthetic_csv), env=env).returncode == 0
+    trained = run_cli("train", "--sample-size", "3000", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "trained on 3,000 of 5,000 rows" in trained.stdout  # the sample, of all
+    assert (trained.stdout + trained.stderr).count("trained on 3,000") == 1  # printed once
+    for _ in range(2):
+        assert run_cli("train", "--force", env=env).returncode == 0
+    v1, v2, v3 = [v for (v,) in query(db, "SELECT version FROM model_versions"
+                                          " ORDER BY created_at")]
+    first = run_cli("models", "rollback", env=env)
+    assert first.returncode == 0 and v2 in first.stdout
+    second = run_cli("models", "rollback", env=env)  # one further back, not back to v3
+    assert second.returncode == 0 and v1 in second.stdout
+    one_line_error(run_cli("models", "rollback", env=env), "no earlier champion")
+    assert run_cli("models", "promote", v3, env=env).returncode == 0
+    to = run_cli("models", "rollback", "--to", v1, env=env)
+    assert to.returncode == 0 and v1 in to.stdout
+    history = run_cli("models", "history", env=env).stdout.splitlines()
+    assert [line.split()[2:4] for line in history] == [
+        ["rollback", v1], ["promote", v3], ["rollback", v1], ["rollback", v2],
+        ["promote", v3], ["promote", v2], ["promote", v1]]
+    assert "[cli: models rollback]" in history[0] and "[retrain flow --force]" in history[4]

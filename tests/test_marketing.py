@@ -12,7 +12,8 @@ from segmentation.sqlexport import install_segment_for
 from segmentation.training import train_model
 from tests.helpers import load_batch, query
 
-VIEWS = ("segment_summary", "customer_segments_current", "segment_movement")
+VIEWS = ("segment_summary", "customer_segments_current", "segment_movement",
+         "customer_segments", "segment_names", "champion_log")
 
 
 @pytest.fixture
@@ -32,13 +33,15 @@ def test_marketing_reads_the_views(marketing: psycopg.Connection, view: str) -> 
 
 
 @pytest.mark.parametrize("statement", [
-    "INSERT INTO customer_segments VALUES ('x', 1, 'n', 'v', now(), gen_random_uuid())",
-    "UPDATE customer_segments SET segment_id = 0",
-    "DELETE FROM customer_segments",
-    "TRUNCATE customer_segments",
-    "DROP TABLE customer_segments",
+    "INSERT INTO segment_assignments VALUES ('x', 1, 'v', now(), gen_random_uuid())",
+    "UPDATE segment_assignments SET segment_id = 0",
+    "DELETE FROM segment_assignments",
+    "TRUNCATE segment_assignments",
+    "SELECT * FROM segment_assignments",  # the storage: marketing reads the views
+    "UPDATE segment_name_overrides SET name = 'x'",
+    "DROP VIEW customer_segments",
     "CREATE TABLE marketing_scratch (x int)",
-    "ALTER TABLE customer_segments ADD COLUMN x int",
+    "ALTER TABLE segment_assignments ADD COLUMN x int",
     "SELECT * FROM customers",  # raw features are not marketing's
     "SELECT * FROM customers_quarantine",
 ])

@@ -117,7 +117,7 @@ def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic
     single = score_flow(mode="full")
     expected = [(cid, seg, name) for cid, seg, name, *_ in snapshot_segments(flow_env)]
     with connection(flow_env) as conn:
-        conn.execute("TRUNCATE customer_segments, segment_history")
+        conn.execute("TRUNCATE segment_assignments, segment_history")
 
     summary = score_flow(mode="full", partitions=3)
     assert "model m-dask-1): 5,000 in, 5,000 scored" in single

@@ -24,7 +24,7 @@ def scored_with_hostile_id(db: str, trained, models_dir: Path, tmp_path: Path,
     path.write_text("\n".join(lines) + "\n")
     load_batch(db, path)
     model = register_champion(db, trained, models_dir, "m-abuse-1")
-    scoring.score_customers(db, model, model.names, mode="full")
+    scoring.score_customers(db, model, mode="full")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
     st.cache_data.clear()
     st.cache_resource.clear()

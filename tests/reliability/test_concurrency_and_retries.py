@@ -1,16 +1,18 @@
 """Retries and concurrency: exactly once, one champion, no duplicates."""
 
 import threading
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from segmentation import registry, scoring
+from segmentation import registry, runs, scoring
 from segmentation.db import connection
 from segmentation.errors import RunLocked
 from segmentation.training import register_and_gate, train_model
-from tests.helpers import load_batch, query, register_champion
+from tests.helpers import drop_connection_after_publish, load_batch, query, register_champion
 
 pytestmark = pytest.mark.reliability
 
@@ -23,17 +25,7 @@ def test_flow_retried_after_a_dropped_connection_publishes_once(
     load_batch(db, synthetic_csv)
     register_champion(db, trained, models_dir, "m-retry-1")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
-    real_publish, calls = scoring.publish, []
-
-    def publish_dies_the_first_time(conn, result, names, scored_at):
-        changed = real_publish(conn, result, names, scored_at)
-        calls.append(result.run_id)
-        if len(calls) == 1:  # the server drops us after the work, before the commit
-            with connection(db, autocommit=True) as killer:
-                killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        return changed
-
-    monkeypatch.setattr(scoring, "publish", publish_dies_the_first_time)
+    calls = drop_connection_after_publish(db, monkeypatch)  # after the work, before commit
     summary = score_flow(mode="full")
     assert len(calls) == 2, "the task was retried once by Prefect"
     assert "5,000 in, 5,000 scored" in summary
@@ -52,7 +44,7 @@ def test_two_scorings_and_a_retrain_at_once(db: str, trained, models_dir: Path,
 
     def score() -> None:
         try:
-            outcomes.append(scoring.score_customers(db, model, model.names, mode="full"))
+            outcomes.append(scoring.score_customers(db, model, mode="full"))
         except RunLocked as exc:
             outcomes.append(exc)
 
@@ -118,3 +110,170 @@ def test_password_never_reaches_logs_or_artifacts(db: str, models_dir: Path,
         artifacts = client.read_artifacts()
     assert {a.key for a in artifacts} >= {"retrain-report", "scoring-report"}
     assert all(secret not in str(a.data) for a in artifacts)
+
+
+def test_two_validations_of_one_batch_validate_it_once(db: str, scored_champion,
+                                                       synthetic_csv: Path) -> None:
+    """The `validate` deployment and an `ingest` that validates by itself, at once: one
+    validates, the other waits and is told the batch is done; nothing is marked failed."""
+    from segmentation.ingest import ingest_csv
+    from segmentation.validation import VALIDATION_LOCK, AlreadyValidated, validate_batch
+
+    batch = ingest_csv(db, synthetic_csv).batch_id
+    outcomes: list[object] = []
+
+    def validate() -> None:
+        try:
+            outcomes.append(validate_batch(db, batch, lock_wait_s=60))
+        except AlreadyValidated as exc:
+            outcomes.append(exc)
+
+    with connection(db, autocommit=True) as holder:  # both start while the batch is held
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (VALIDATION_LOCK, batch))
+        threads = [threading.Thread(target=validate) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        assert outcomes == [], "both wait for the batch's lock"
+        holder.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (VALIDATION_LOCK, batch))
+        for t in threads:
+            t.join(120)
+    reports = [o for o in outcomes if not isinstance(o, AlreadyValidated)]
+    assert len(reports) == 1 and len(outcomes) == 2, outcomes
+    assert "is already validated" in str(next(o for o in outcomes if o is not reports[0]))
+    assert query(db, "SELECT status FROM ingest_batches WHERE batch_id = %s", (batch,)) == \
+        [("validated",)]
+    assert query(db, "SELECT count(*) FROM validation_runs WHERE batch_id = %s", (batch,)) == \
+        [(1,)]
+
+
+def test_a_batch_being_validated_is_named_when_nobody_waits(db: str, synthetic_csv: Path) -> None:
+    from segmentation.errors import BatchBusy
+    from segmentation.ingest import ingest_csv
+    from segmentation.validation import VALIDATION_LOCK, validate_batch
+
+    batch = ingest_csv(db, synthetic_csv).batch_id
+    with connection(db, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (VALIDATION_LOCK, batch))
+        with pytest.raises(BatchBusy, match=f"batch {batch} is being validated by another run"):
+            validate_batch(db, batch, lock_wait_s=0)
+    assert query(db, "SELECT status FROM ingest_batches WHERE batch_id = %s", (batch,)) == \
+        [("loaded",)]
+
+
+@pytest.fixture
+def scored_champion(db: str, trained, models_dir: Path):  # type: ignore[no-untyped-def]
+    """A champion (no customers yet)."""
+    return register_champion(db, trained, models_dir, "m-day2-1")
+
+
+def stage(db: str, model, run: str, parts: int) -> list:  # type: ignore[no-untyped-def]
+    return [scoring.stage_partition(db, model, "full", run, p, parts) for p in range(parts)]
+
+
+def test_retried_partitioned_publish_publishes_once(db: str, scored_champion,
+                                                    synthetic_csv: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish dies after its work (a dropped connection): the staged rows stay for the
+    retry, which publishes; a retry after the commit returns the recorded run."""
+    load_batch(db, synthetic_csv)
+    run = "00000000-0000-4000-8000-0000000000d1"
+    staged = stage(db, scored_champion, run, 2)
+    drop_connection_after_publish(db, monkeypatch)  # the first publish only
+    with pytest.raises(psycopg.OperationalError):
+        scoring.publish_staged(db, scored_champion, "full", run, staged)
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+    assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(5_000,)]  # kept for the retry
+    first = scoring.publish_staged(db, scored_champion, "full", run, staged)
+    again = scoring.publish_staged(db, scored_champion, "full", run, staged)  # a late retry
+    assert (first.rows_scored, first.rows_changed) == (5_000, 5_000)
+    assert (again.run_id, again.rows_scored, again.rows_changed) == (run, 5_000, 5_000)
+    assert query(db, "SELECT status, rows_scored FROM scoring_runs") == [("succeeded", 5_000)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+
+
+def test_staged_rows_must_add_up_to_the_partitions(db: str, scored_champion,
+                                                   synthetic_csv: Path) -> None:
+    """Rows missing from the stage (deleted by a cleanup, a lost write): refused, recorded
+    as failed, the watermark untouched."""
+    from segmentation.errors import SegmentationError
+
+    load_batch(db, synthetic_csv)
+    run = "00000000-0000-4000-8000-0000000000d2"
+    staged = stage(db, scored_champion, run, 2)
+    with connection(db) as conn:
+        conn.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = 1", (run,))
+    with pytest.raises(SegmentationError, match=r"partition 1: 0 of [\d,]+"):
+        scoring.publish_staged(db, scored_champion, "full", run, staged)
+    assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+    with connection(db) as conn:
+        assert runs.incremental_since(conn, scored_champion.version) is None
+
+
+def test_partitioned_publish_retried_by_prefect(db: str, scored_champion, synthetic_csv: Path,
+                                                prefect_api: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publish task is retried by Prefect after a dropped connection: no primary-key
+    error, one succeeded run, every row once."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.nightly_scoring import partitioned_scoring
+
+    load_batch(db, synthetic_csv)
+    calls = drop_connection_after_publish(db, monkeypatch)
+    result = partitioned_scoring.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
+        db, scored_champion, "full", 2, 10_000, False, 5.0)
+    assert len(calls) == 2 and calls[0] == calls[1] == result.run_id
+    assert (result.rows_scored, result.rows_changed) == (5_000, 5_000)
+    assert query(db, "SELECT status FROM scoring_runs") == [("succeeded",)]
+    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
+        == [(5_000, 5_000)]
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+
+
+def test_waiting_behind_a_stuck_run_gives_up(db: str, scored_champion,
+                                             synthetic_csv: Path) -> None:
+    """`nightly` waits behind a running scoring run, but not forever."""
+    load_batch(db, synthetic_csv)
+    with connection(db) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (runs.SCORE_LOCK,))
+        started = time.monotonic()
+        with pytest.raises(RunLocked, match=r"after 1 s of waiting"):
+            scoring.score_customers(db, scored_champion, mode="full", wait=True,
+                                    wait_timeout_s=1)
+        assert time.monotonic() - started < 30
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+
+
+def test_refused_connections_are_retried_and_bad_credentials_are_not(db: str) -> None:
+    """The retry filter sees a restart as transient, even after connect() wrapped it for
+    the CLI's one-line message."""
+    from flows.common import retry_delays, transient_only
+    from segmentation.db import connect, is_transient
+    from segmentation.errors import DatabaseUnavailable, SegmentationError
+
+    class State:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def result(self) -> None:
+            raise self.exc
+
+    with pytest.raises(DatabaseUnavailable) as refused:
+        connect("postgresql+psycopg://postgres@127.0.0.1:1/postgres")
+    assert transient_only(None, None, State(refused.value))
+    missing = make_url(db).set(database="no_such_database_here")
+    with pytest.raises(SegmentationError) as wrong:
+        connect(missing.render_as_string(hide_password=False))
+    assert not isinstance(wrong.value, DatabaseUnavailable)
+    assert not transient_only(None, None, State(wrong.value))
+    with connection(db) as conn, pytest.raises(psycopg.Error) as bad_sql:
+        conn.execute("SELECT no_such_column FROM customers")
+    assert not is_transient(bad_sql.value)
+    delays = retry_delays(600)
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0] and max(delays) == 60.0
+    assert 600 <= sum(delays) < 660
+    assert retry_delays(0) == []

@@ -110,7 +110,7 @@ with connection(url) as conn:
     model = load_version(conn)
 def progress(rows, seconds):
     print(rows, flush=True)
-score_customers(url, model, model.names, mode="full", chunk_rows=10_000, progress=progress)
+score_customers(url, model, mode="full", chunk_rows=10_000, progress=progress)
 """
 
 
@@ -130,7 +130,7 @@ def test_scoring_process_killed_mid_run_then_rerun(db: str, trained, models_dir:
     assert snapshot_segments(db) == []  # nothing half-published
     # the killed run's server session can outlive the kill by a few milliseconds, holding
     # the run lock until it reads the closed socket: the rerun queues behind it (--wait)
-    result = scoring.score_customers(db, model, model.names, mode="full", wait=True)
+    result = scoring.score_customers(db, model, mode="full", wait=True)
     assert (result.rows_in, result.rows_scored) == (200_000, 200_000)
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
         == [(200_000, 200_000)]

@@ -20,7 +20,7 @@ def test_fifty_concurrent_lookups_answer_correctly(db: str, trained, models_dir:
                                                    synthetic_csv: Path) -> None:
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-load-1")
-    scoring.score_customers(db, model, model.names, mode="full")
+    scoring.score_customers(db, model, mode="full")
     expected = dict(query(db, "SELECT customer_id, segment_id FROM customer_segments"
                               " ORDER BY md5(customer_id) LIMIT 500"))
     ids = [*expected, "no-such-customer", "'; DROP TABLE customers; --", "nul\x00byte"]

@@ -101,15 +101,15 @@ def test_restart_between_runs_keeps_every_committed_row(own_server: OwnServer, o
                                                         tmp_path: Path) -> None:
     load_batch(own_db, synthetic_csv)
     model = register_champion(own_db, trained, models_dir, "m-restart-1")
-    scoring.score_customers(own_db, model, model.names, mode="full")
+    scoring.score_customers(own_db, model, mode="full")
     published = snapshot_segments(own_db)
 
     own_server.crash()
     with pytest.raises(SegmentationError, match="cannot connect"):
-        scoring.score_customers(own_db, model, model.names)  # clear message while it is down
+        scoring.score_customers(own_db, model)  # clear message while it is down
     own_server.start()
     assert snapshot_segments(own_db) == published  # the commit survived the crash
-    assert scoring.score_customers(own_db, model, model.names, mode="incremental").rows_in == 0
+    assert scoring.score_customers(own_db, model, mode="incremental").rows_in == 0
 
     # tonight's batch is validated, the server restarts, then the scoring runs
     lines = synthetic_csv.read_text().splitlines()
@@ -119,7 +119,7 @@ def test_restart_between_runs_keeps_every_committed_row(own_server: OwnServer, o
     validate_batch(own_db, ingest_csv(own_db, tmp_path / "new.csv").batch_id)
     own_server.crash()
     own_server.start()
-    result = scoring.score_customers(own_db, model, model.names, mode="incremental")
+    result = scoring.score_customers(own_db, model, mode="incremental")
     assert (result.rows_in, result.rows_changed) == (200, 200)
     conserved(own_db)
     assert query(own_db, "SELECT count(*) FROM customer_segments") == [(5_200,)]
@@ -134,12 +134,12 @@ def test_crash_mid_stream_then_rerun(own_server: OwnServer, own_db: str, trained
         own_server.crash()  # the reader and the writer lose the server mid-COPY
 
     with pytest.raises(RUN_FAILED):
-        scoring.score_customers(own_db, model, model.names, mode="full", chunk_rows=10_000,
+        scoring.score_customers(own_db, model, mode="full", chunk_rows=10_000,
                                 progress=crash_after_first_chunk)
     own_server.start()
     assert snapshot_segments(own_db) == []
     assert query(own_db, "SELECT count(*) FROM segment_history") == [(0,)]
-    result = scoring.score_customers(own_db, model, model.names, mode="full")
+    result = scoring.score_customers(own_db, model, mode="full")
     assert (result.rows_in, result.rows_scored, result.rows_changed) == \
         (100_000, 100_000, 100_000)
     conserved(own_db)
@@ -152,25 +152,25 @@ def test_crash_before_the_publish_commits_then_rerun(own_server: OwnServer, own_
 
     load_batch(own_db, csv_100k)
     model = register_champion(own_db, trained, models_dir, "m-restart-3")
-    scoring.score_customers(own_db, model, model.names, mode="full")
+    scoring.score_customers(own_db, model, mode="full")
     before = snapshot_segments(own_db)
     history = query(own_db, "SELECT count(*) FROM segment_history")
     other = dataclasses.replace(model, label_to_segment=model.label_to_segment[::-1])
     real_publish = scoring.publish
 
-    def publish_then_crash(conn, result, names, scored_at):  # type: ignore[no-untyped-def]
-        changed = real_publish(conn, result, names, scored_at)  # all written, not committed
+    def publish_then_crash(conn, result, scored_at):  # type: ignore[no-untyped-def]
+        changed = real_publish(conn, result, scored_at)  # all written, not committed
         own_server.crash()
         return changed
 
     monkeypatch.setattr(scoring, "publish", publish_then_crash)
     with pytest.raises(RUN_FAILED):
-        scoring.score_customers(own_db, other, model.names, mode="full")
+        scoring.score_customers(own_db, other, mode="full")
     own_server.start()
     assert snapshot_segments(own_db) == before
     assert query(own_db, "SELECT count(*) FROM segment_history") == history
     monkeypatch.setattr(scoring, "publish", real_publish)
-    rerun = scoring.score_customers(own_db, other, model.names, mode="full")
+    rerun = scoring.score_customers(own_db, other, mode="full")
     assert rerun.rows_scored == 100_000 and rerun.rows_changed > 0
     conserved(own_db)
 
@@ -181,7 +181,7 @@ def test_app_lookups_survive_a_restart(own_server: OwnServer, own_db: str, train
 
     load_batch(own_db, synthetic_csv)
     model = register_champion(own_db, trained, models_dir, "m-restart-4")
-    scoring.score_customers(own_db, model, model.names, mode="full")
+    scoring.score_customers(own_db, model, mode="full")
     (cid, segment), = query(own_db, "SELECT customer_id, segment_id FROM customer_segments"
                                     " LIMIT 1")
     pool = lookup_pool(own_db, max_size=4)
@@ -192,3 +192,35 @@ def test_app_lookups_survive_a_restart(own_server: OwnServer, own_db: str, train
         assert lookup_customer(pool, cid)["segment_id"] == segment
     finally:
         pool.close()
+
+
+def test_nightly_completes_through_a_restart_mid_run(own_server: OwnServer, own_db: str,
+                                                     trained, models_dir: Path, csv_100k: Path,
+                                                     prefect_api: str, monkeypatch) -> None:
+    """PostgreSQL goes down as the nightly run publishes and is back a few seconds later:
+    the refused connections are retried with backoff, the run completes, nothing is lost."""
+    import threading
+    import time
+
+    from flows.nightly_scoring import nightly
+
+    ingest_csv(own_db, csv_100k)  # tonight's batch: the nightly run validates it
+    register_champion(own_db, trained, models_dir, "m-restart-5")
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", own_db)
+    real_publish, outages = scoring.publish, []
+
+    def go_down_then_publish(conn, result, scored_at):  # type: ignore[no-untyped-def]
+        if not outages:  # the first attempt: the server goes away under it
+            outages.append(time.monotonic())
+            own_server.crash()
+            threading.Timer(3.0, own_server.start).start()
+        return real_publish(conn, result, scored_at)
+
+    monkeypatch.setattr(scoring, "publish", go_down_then_publish)
+    summary = nightly()
+    assert outages, "the server went down during the run"
+    assert "100,000 in, 100,000 scored" in summary
+    conserved(own_db)
+    assert query(own_db, "SELECT count(*) FROM customer_segments") == [(100_000,)]
+    assert query(own_db, "SELECT status FROM scoring_runs") == [("succeeded",)]
+    assert query(own_db, "SELECT status FROM ingest_batches") == [("validated",)]

@@ -77,14 +77,20 @@ def fresh_database() -> Iterator[str]:
                          .format(sql.Identifier(name)))
 
 
+def migrations_until(tmp_path: Path, last: str) -> Path:
+    """A folder with the migrations up to `last` (a database as an older release left it)."""
+    folder = tmp_path / f"sql_{last}"
+    folder.mkdir()
+    for migration in list_migrations():
+        if migration.version <= last:
+            (folder / migration.name).write_text(migration.sql, encoding="utf-8")
+    return folder
+
+
 def test_swap_migration_keeps_published_rows_history_and_views(fresh_database: str,
                                                                tmp_path: Path) -> None:
     """006 turns a customer_segments holding data into the parent of one partition."""
-    before_006 = tmp_path / "sql"
-    before_006.mkdir()
-    for migration in sorted(sql_dir().glob("00[1-5]_*.sql")):
-        shutil.copy(migration, before_006)
-    apply_migrations(fresh_database, before_006)
+    apply_migrations(fresh_database, migrations_until(tmp_path, "005"))
     run = "00000000-0000-4000-8000-00000000000a"
     with psycopg.connect(conninfo(fresh_database)) as conn:
         conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
@@ -95,7 +101,8 @@ def test_swap_migration_keeps_published_rows_history_and_views(fresh_database: s
                      " new_model_version, changed_at, run_id) SELECT customer_id, segment_id,"
                      " model_version, scored_at, run_id FROM customer_segments")
     rows = query(fresh_database, "SELECT * FROM customer_segments ORDER BY customer_id")
-    assert [m.split("_")[0] for m in apply_migrations(fresh_database)] == ["006"]
+    assert [m.split("_")[0] for m in apply_migrations(
+        fresh_database, migrations_until(tmp_path, "006"))] == ["006"]
     assert query(fresh_database, "SELECT * FROM customer_segments ORDER BY customer_id") == rows
     assert query(fresh_database, "SELECT count(*) FROM customer_segments_current") == [(100,)]
     assert query(fresh_database, "SELECT inhrelid::regclass::text FROM pg_inherits"
@@ -107,3 +114,35 @@ def test_swap_migration_keeps_published_rows_history_and_views(fresh_database: s
         conn.execute("INSERT INTO segment_history (customer_id, new_segment_id,"
                      " new_model_version, changed_at, run_id)"
                      " VALUES ('C1', 2, 'm1', now(), %s)", (run,))
+
+
+def test_day2_migration_resolves_names_and_logs_earlier_champions(fresh_database: str,
+                                                                 tmp_path: Path) -> None:
+    """007: published rows lose their copy of the name (read from the profiles and ops'
+    renames instead), and the champions promoted so far start the champion log."""
+    apply_migrations(fresh_database, migrations_until(tmp_path, "006"))
+    run = "00000000-0000-4000-8000-00000000000b"
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        for version, status, at in (("m1", "retired", "2026-01-01"),
+                                    ("m2", "champion", "2026-02-01")):
+            conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256,"
+                         " status_reason, promoted_at) VALUES (%s, %s, 2, '{}', 'p', 'x',"
+                         " 'gates passed', %s)", (version, status, at))
+            for seg in (0, 1):
+                conn.execute("INSERT INTO segment_profiles VALUES (%s, %s, %s, 'profile', 1, 0.5,"
+                             " '{}', '{}')", (version, seg, f"{version} segment {seg}"))
+        conn.execute("INSERT INTO segment_name_overrides (segment_id, name) VALUES (1, 'Dormant')")
+        conn.execute("INSERT INTO customer_segments SELECT 'C' || i, i %% 2, 'stale copy',"
+                     " 'm2', now(), %s FROM generate_series(1, 10) i", (run,))
+    before = query(fresh_database, "SELECT customer_id, segment_id, model_version, scored_at,"
+                                   " run_id FROM customer_segments ORDER BY customer_id")
+    assert [m.split("_")[0] for m in apply_migrations(fresh_database)] == ["007"]
+    assert query(fresh_database, "SELECT customer_id, segment_id, model_version, scored_at,"
+                                 " run_id FROM customer_segments ORDER BY customer_id") == before
+    assert query(fresh_database, "SELECT DISTINCT segment_id, segment_name FROM"
+                                 " customer_segments ORDER BY 1") == \
+        [(0, "m2 segment 0"), (1, "Dormant")]
+    assert query(fresh_database, "SELECT version, previous_version, action FROM champion_log"
+                                 " ORDER BY id") == [("m1", None, "promote"),
+                                                     ("m2", "m1", "promote")]
+    assert query(fresh_database, "SELECT count(*) FROM segment_assignments") == [(10,)]

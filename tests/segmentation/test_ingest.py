@@ -211,3 +211,30 @@ def test_empty_table_is_refused(db: str) -> None:
     with pytest.raises(IngestError, match=r"table:public.raw_empty: no data rows"):
         ingest_table(db, "public.raw_empty")
     assert nothing_written(db)
+
+
+def test_unreadable_file_is_one_clear_error(db: str, synthetic_csv: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the process may not read (as root, chmod cannot show it: the open fails as it
+    would for another user)."""
+    path = tmp_path / "locked.csv"
+    path.write_bytes(synthetic_csv.read_bytes())
+    real_open = Path.open
+
+    def denied(self: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(IngestError, match=r"locked.csv: cannot be read \(Permission denied\)"):
+        ingest_csv(db, path)
+    assert query(db, "SELECT count(*) FROM ingest_batches") == [(0,)]
+
+
+def test_utf16_without_a_bom_is_named(db: str, synthetic_csv: Path, tmp_path: Path) -> None:
+    path = tmp_path / "utf16le.csv"
+    path.write_bytes(synthetic_csv.read_text().encode("utf-16-le"))
+    with pytest.raises(IngestError, match="pass --encoding utf-16"):
+        ingest_csv(db, path)
+    assert ingest_csv(db, path, encoding="utf-16-le").rows_in == 5_000

@@ -8,7 +8,7 @@ import pytest
 
 from segmentation import registry
 from segmentation.db import connection
-from segmentation.errors import ModelError
+from segmentation.errors import ModelError, SegmentationError
 from tests.helpers import query
 
 
@@ -87,3 +87,148 @@ def test_failed_write_leaves_no_partial_version(trained, tmp_path: Path,
     with pytest.raises(OSError, match="No space left"):
         registry.save_version(model, trained.metrics, trained.sizes, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def register_flipped(url: str, trained, models_dir: Path, version: str, flip: bool) -> None:
+    """A version whose segment ids are the shared model's reversed (when flip): scoring
+    with it visibly differs, so the test can tell which model segment_for runs."""
+    model = dataclasses.replace(trained.model, version=version,
+                                label_to_segment=trained.model.label_to_segment[::-1]
+                                if flip else trained.model.label_to_segment)
+    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    with connection(url) as conn:
+        registry.register_version(conn, saved, model, trained.metrics, trained.sizes,
+                                  f"gates note of {version}")
+
+
+def sql_segments(url: str, frame) -> list[int]:
+    """segment_for(...) on the first rows of `frame`, as a SQL user would call it."""
+    from segmentation.features import FEATURES
+
+    values = ", ".join("(" + ", ".join(f"{float(v)!r}::float8" for v in row) + ")"
+                       for row in frame[list(FEATURES)].head(40).fillna(0).to_numpy())
+    columns = ", ".join(FEATURES)
+    return [r[0] for r in query(url, f"SELECT segment_for({columns}) FROM (VALUES {values})"
+                                     f" AS t({columns})")]
+
+
+def test_rollback_walks_back_through_the_champion_log(db: str, trained,
+                                                      models_dir: Path) -> None:
+    for version in ("m-1", "m-2", "m-3"):
+        register_flipped(db, trained, models_dir, version, flip=False)
+    with connection(db) as conn:
+        for version in ("m-1", "m-2", "m-3"):
+            registry.promote(conn, version, reason=f"gates passed for {version}",
+                             changed_by="test")
+        assert registry.rollback(conn, changed_by="test") == "m-2"
+        assert registry.rollback(conn, changed_by="test") == "m-1"  # not back to m-3
+        with pytest.raises(SegmentationError, match="no earlier champion"):
+            registry.rollback(conn)
+        registry.promote(conn, "m-3", reason="by hand", changed_by="test")
+        with pytest.raises(SegmentationError, match=r"m-2 is not an earlier champion.*m-1"):
+            registry.rollback(conn, to="m-2")  # rolled back from earlier: not on the stack
+        assert registry.rollback(conn, to="m-1", changed_by="test") == "m-1"
+    assert query(db, "SELECT action, version, previous_version, changed_by FROM champion_log"
+                     " ORDER BY id") == [
+        ("promote", "m-1", None, "test"), ("promote", "m-2", "m-1", "test"),
+        ("promote", "m-3", "m-2", "test"), ("rollback", "m-2", "m-3", "test"),
+        ("rollback", "m-1", "m-2", "test"), ("promote", "m-3", "m-1", "test"),
+        ("rollback", "m-1", "m-3", "test")]
+    # the versions' own notes are never overwritten by a promotion or a rollback
+    assert query(db, "SELECT version, status_reason FROM model_versions ORDER BY version") == \
+        [(v, f"gates note of {v}") for v in ("m-1", "m-2", "m-3")]
+
+
+def test_segment_for_follows_every_champion_change(db: str, trained, models_dir: Path,
+                                                   synthetic_frame) -> None:
+    from segmentation.training import register_and_gate
+
+    register_flipped(db, trained, models_dir, "m-plain", flip=False)
+    register_flipped(db, trained, models_dir, "m-flip", flip=True)
+    plain = trained.model.predict(synthetic_frame.head(40)).tolist()
+    flipped = [int(trained.model.label_to_segment[::-1][list(trained.model.label_to_segment)
+                                                        .index(s)]) for s in plain]
+    assert plain != flipped
+    with connection(db) as conn:
+        registry.promote(conn, "m-plain")
+    assert sql_segments(db, synthetic_frame) == plain
+    with connection(db) as conn:
+        registry.promote(conn, "m-flip")
+    assert sql_segments(db, synthetic_frame) == flipped
+    with connection(db) as conn:
+        registry.rollback(conn)
+    assert sql_segments(db, synthetic_frame) == plain
+    # a gated retrain that promotes: the same transaction installs its function
+    model = dataclasses.replace(trained.model, version="m-gated",
+                                label_to_segment=trained.model.label_to_segment[::-1])
+    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    result = dataclasses.replace(trained, model=model, gate_failures=[])
+    assert register_and_gate(db, saved, result, force=False) == "champion"
+    assert sql_segments(db, synthetic_frame) == flipped
+
+
+def test_rename_reaches_every_reader_at_once_and_reset_restores(db: str, trained,
+                                                                models_dir: Path,
+                                                                synthetic_csv: Path) -> None:
+    from segmentation import scoring
+    from tests.helpers import load_batch, register_champion
+
+    load_batch(db, synthetic_csv)
+    model = register_champion(db, trained, models_dir, "m-names")
+    scoring.score_customers(db, model, mode="full")
+    generated = model.names[2]
+    with connection(db) as conn:
+        assert registry.rename_segment(conn, 2, "  Dormant customers ") == "Dormant customers"
+    readers = {
+        "customer_segments": "SELECT DISTINCT segment_name FROM customer_segments"
+                             " WHERE segment_id = 2",
+        "customer_segments_current": "SELECT DISTINCT segment_name FROM"
+                                     " customer_segments_current WHERE segment_id = 2",
+        "segment_summary": "SELECT segment_name FROM segment_summary WHERE segment_id = 2",
+        "segment_names": "SELECT segment_name FROM segment_names WHERE segment_id = 2",
+        "segment_name()": "SELECT segment_name(2::smallint)",
+    }
+    for reader, statement in readers.items():  # no scoring run in between
+        assert query(db, statement) == [("Dormant customers",)], reader
+    with connection(db) as conn:
+        assert registry.segment_names(conn)[2] == "Dormant customers"
+        assert registry.rename_segment(conn, 2, None) == generated  # --reset
+    for reader, statement in readers.items():
+        assert query(db, statement) == [(generated,)], reader
+    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]  # not a move
+
+
+@pytest.mark.parametrize("segment", [99, -1])
+def test_renaming_a_segment_the_champion_lacks_is_refused(db: str, trained, models_dir: Path,
+                                                          segment: int) -> None:
+    from tests.helpers import register_champion
+
+    register_champion(db, trained, models_dir, "m-ghost")
+    with connection(db) as conn, \
+            pytest.raises(SegmentationError, match=rf"no segment {segment} \(its segments: "
+                                                   r"0, 1, 2, 3\)"):
+        registry.rename_segment(conn, segment, "Ghost")
+    assert query(db, "SELECT count(*) FROM segment_name_overrides") == [(0,)]
+
+
+def test_summary_names_the_model_that_scored_the_rows(db: str, trained, models_dir: Path,
+                                                      synthetic_csv: Path) -> None:
+    """After a promotion and before the rescore, the rows are the old model's: the summary
+    says so instead of labelling them with the new champion."""
+    from segmentation import scoring
+    from tests.helpers import load_batch, register_champion
+
+    load_batch(db, synthetic_csv)
+    old = register_champion(db, trained, models_dir, "m-old")
+    scoring.score_customers(db, old, mode="full")
+    register_flipped(db, trained, models_dir, "m-new", flip=True)
+    with connection(db) as conn:
+        registry.promote(conn, "m-new")
+    rows = query(db, "SELECT model_version, rescore_pending, sum(customers)::int"
+                     " FROM segment_summary GROUP BY 1, 2 ORDER BY 1")
+    assert rows == [("m-new", False, 0), ("m-old", True, 5_000)]
+    with connection(db) as conn:
+        new = registry.load_version(conn)
+    scoring.score_customers(db, new, mode="incremental")
+    assert query(db, "SELECT model_version, rescore_pending, sum(customers)::int"
+                     " FROM segment_summary GROUP BY 1, 2") == [("m-new", False, 5_000)]

@@ -1,0 +1,127 @@
+"""Reading customers for a scoring run: select, stream out with COPY, predict per chunk,
+stream the scores into the writer's table with COPY. Memory holds one chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from segmentation.clustering import SegmentationModel
+from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
+from segmentation.ingest import ACCEPT_LOCK
+from segmentation.runs import Mode
+
+Progress = Callable[[int, float], None]
+READ_TYPES = {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+
+
+def select_customers(mode: Mode, model_version: str,
+                     partition: tuple[int, int] | None = None,
+                     since: datetime | None = None) -> sql.Composed:
+    """The customers a run reads: all, or those new/changed/scored by another model
+    (loaded after `since`, when known: an index range instead of a join of both tables);
+    optionally only partition (i, n) by a hash of customer_id."""
+    columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
+    where: list[sql.Composable] = []
+    if mode == "full":
+        source = sql.SQL("customers c")
+    else:
+        source = sql.SQL("customers c LEFT JOIN segment_assignments s USING (customer_id)")
+        where.append(sql.SQL("(s.customer_id IS NULL OR s.model_version <> {}"
+                             " OR c.loaded_at > s.scored_at)").format(sql.Literal(model_version)))
+        if since is not None:
+            where.append(sql.SQL("c.loaded_at > {}").format(sql.Literal(since)))
+    if partition is not None:
+        part, parts = partition
+        where.append(sql.SQL("(hashtext(c.customer_id) & 2147483647) % {} = {}").format(
+            sql.Literal(parts), sql.Literal(part)))
+    query = sql.SQL("SELECT {} FROM {}").format(columns, source)
+    if where:
+        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
+    return query
+
+
+def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
+                ) -> Iterator[pd.DataFrame]:
+    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
+    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+    options = pacsv.ReadOptions(column_names=list(COLUMNS))
+    parse = pacsv.ParseOptions(newlines_in_values=True)
+    convert = pacsv.ConvertOptions(column_types=READ_TYPES, strings_can_be_null=False,
+                                   quoted_strings_can_be_null=False)
+    rows: list[bytes] = []
+    with conn.cursor().copy(statement) as copy:
+        for row in copy:  # one CSV record per item
+            rows.append(bytes(row))
+            if len(rows) >= chunk_rows:
+                yield _parse(rows, options, parse, convert)
+                rows = []
+    if rows:
+        yield _parse(rows, options, parse, convert)
+
+
+def _parse(rows: list[bytes], options: pacsv.ReadOptions, parse: pacsv.ParseOptions,
+           convert: pacsv.ConvertOptions) -> pd.DataFrame:
+    """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim)."""
+    table = pacsv.read_csv(io.BytesIO(b"".join(rows)), read_options=options,
+                           parse_options=parse, convert_options=convert)
+    return table.to_pandas()
+
+
+def encode_scores(ids: pd.Series, segments: Any) -> bytes:
+    """(customer_id, segment_id) as CSV for COPY FROM STDIN."""
+    table = pa.table({"customer_id": pa.array(ids, type=pa.string()),
+                      "segment_id": pa.array(segments, type=pa.int16())})
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False,
+                                                                 quoting_style="needed"))
+    return sink.getvalue()
+
+
+def open_snapshot(reader: psycopg.Connection) -> datetime:
+    """Take the reader's snapshot while no accept into customers is in flight; returns the
+    database time of the snapshot.
+
+    Accepts hold ACCEPT_LOCK exclusively until they commit, so a row this snapshot misses
+    was stamped (loaded_at) after it, and after the run's start: the next incremental run
+    finds it above its watermark. Likewise every batch validated before the returned time
+    is in the snapshot, and none validated after it.
+    """
+    reader.execute("SELECT pg_advisory_lock_shared(%s)", (ACCEPT_LOCK,))
+    reader.commit()
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    row = reader.execute("SELECT clock_timestamp()").fetchone()  # the snapshot, under the lock
+    reader.execute("SELECT pg_advisory_unlock_shared(%s)", (ACCEPT_LOCK,))
+    assert row is not None
+    taken: datetime = row[0]
+    return taken
+
+
+def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection, copy_sql: str,
+                  query: sql.Composed, model: SegmentationModel, chunk_rows: int,
+                  progress: Progress | None = None) -> tuple[int, float, datetime]:
+    """Reader COPY out -> predict per chunk -> writer COPY in; returns (rows, predict
+    seconds, snapshot time)."""
+    rows, predict_s, started = 0, 0.0, time.perf_counter()
+    snapshot_at = open_snapshot(reader)
+    with writer.cursor().copy(copy_sql) as sink:
+        for chunk in iter_chunks(reader, query, chunk_rows):
+            t0 = time.perf_counter()
+            segments = model.predict(chunk)
+            predict_s += time.perf_counter() - t0
+            sink.write(encode_scores(chunk[ID_COLUMN], segments))
+            rows += len(chunk)
+            if progress:
+                progress(rows, time.perf_counter() - started)
+    reader.commit()  # release the snapshot and its locks: a swap must not wait for them
+    return rows, predict_s, snapshot_at
