@@ -59,18 +59,29 @@ TRANSIENT_TEXT = ("connection refused", "could not connect", "server closed the 
                   "consuming input failed", "connection reset", "ssl syscall")
 
 
+def is_transient_text(message: str) -> bool:
+    """True for the words of a lost or refused connection (an error that reached us only as
+    text, as a rule GX could not evaluate does)."""
+    text = message.lower()
+    return any(marker in text for marker in TRANSIENT_TEXT)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors a retry may cure (the server restarting, a dropped connection, a
-    serialization failure); False for bad credentials, a missing database, bad SQL, bad data."""
-    if isinstance(exc, DatabaseUnavailable):
-        return True
-    if not isinstance(exc, psycopg.Error):
-        return False
-    if exc.sqlstate is not None:
-        return exc.sqlstate in TRANSIENT_SQLSTATES
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        text = str(exc).lower()
-        return any(marker in text for marker in TRANSIENT_TEXT)
+    serialization failure); False for bad credentials, a missing database, bad SQL, bad data.
+    Looks through SQLAlchemy's and other libraries' wrappers to the driver's error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DatabaseUnavailable):
+            return True
+        if isinstance(current, psycopg.Error):
+            if current.sqlstate is not None:
+                return current.sqlstate in TRANSIENT_SQLSTATES
+            return isinstance(current, psycopg.OperationalError | psycopg.InterfaceError) \
+                and is_transient_text(str(current))
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return False
 
 

@@ -26,8 +26,8 @@ from psycopg import sql
 from psycopg.types.json import Json
 
 from segmentation.contract import DERIVED, Rule, contract_rules, describe, format_value, violation
-from segmentation.db import connection, require_schema
-from segmentation.errors import BatchBusy, SegmentationError
+from segmentation.db import connect, connection, is_transient_text, require_schema
+from segmentation.errors import BatchBusy, DatabaseUnavailable, SegmentationError
 from segmentation.features import FEATURES
 from segmentation.ingest import accept_batch
 
@@ -319,7 +319,8 @@ def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutc
 def batch_lock(url: str, batch_id: str, wait_s: float) -> Iterator[None]:
     """Hold the batch's validation lock for the block: a second validation of the same batch
     waits up to wait_s (0: not at all), then is told the batch is being validated."""
-    with connection(url, autocommit=True) as conn:
+    conn = connect(url, autocommit=True)  # a session of its own: the lock lives as long
+    try:
         key = (VALIDATION_LOCK, batch_id)
         if wait_s > 0:
             conn.execute("SELECT set_config('lock_timeout', %s, false)",
@@ -335,10 +336,11 @@ def batch_lock(url: str, batch_id: str, wait_s: float) -> Iterator[None]:
         if not got:
             raise BatchBusy(f"batch {batch_id} is being validated by another run; try again "
                             "when it has finished (`segmentation batches list`)")
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+        yield
+    finally:
+        # closing releases the lock; a connection lost meanwhile (a restart) released it
+        # already, and its error must not hide the validation's outcome
+        conn.close()
 
 
 def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.05,
@@ -391,6 +393,11 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
     finally:
         drop_batch_view(url, batch_id)
     outcomes = [first[rule.key] for rule in rules]
+    lost = [o.error for o in outcomes if o.error and is_transient_text(o.error)]
+    if lost:  # the server went away (a restart, a failover): not a verdict on the data
+        raise DatabaseUnavailable(f"batch {batch_id}: the database connection was lost during "
+                                  f"validation ({lost[0]}); nothing was written, validate it "
+                                  "again")
     gx_seconds = time.perf_counter() - started
     failures = [o.line() for o in outcomes if o.rule.tier == "schema" and not o.success]
     # A rule GX could not evaluate proves nothing: the batch cannot count as validated.

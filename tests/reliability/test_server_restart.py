@@ -194,33 +194,40 @@ def test_app_lookups_survive_a_restart(own_server: OwnServer, own_db: str, train
         pool.close()
 
 
+@pytest.mark.parametrize("phase", ["validate", "publish"])
 def test_nightly_completes_through_a_restart_mid_run(own_server: OwnServer, own_db: str,
                                                      trained, models_dir: Path, csv_100k: Path,
-                                                     prefect_api: str, monkeypatch) -> None:
-    """PostgreSQL goes down as the nightly run publishes and is back a few seconds later:
-    the refused connections are retried with backoff, the run completes, nothing is lost."""
+                                                     prefect_api: str, monkeypatch,
+                                                     phase: str) -> None:
+    """PostgreSQL goes down as the nightly run validates tonight's batch, or as it
+    publishes, and is back a few seconds later: the lost and refused connections are
+    retried with backoff, the run completes, nothing is lost or doubled."""
     import threading
     import time
 
     from flows.nightly_scoring import nightly
+    from segmentation import validation
 
     ingest_csv(own_db, csv_100k)  # tonight's batch: the nightly run validates it
-    register_champion(own_db, trained, models_dir, "m-restart-5")
+    register_champion(own_db, trained, models_dir, f"m-restart-5-{phase}")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", own_db)
-    real_publish, outages = scoring.publish, []
+    module, name = (validation, "run_gx") if phase == "validate" else (scoring, "publish")
+    real, outages = getattr(module, name), []
 
-    def go_down_then_publish(conn, result, scored_at):  # type: ignore[no-untyped-def]
+    def go_down_then_run(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not outages:  # the first attempt: the server goes away under it
             outages.append(time.monotonic())
             own_server.crash()
             threading.Timer(3.0, own_server.start).start()
-        return real_publish(conn, result, scored_at)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "publish", go_down_then_publish)
+    monkeypatch.setattr(module, name, go_down_then_run)
     summary = nightly()
     assert outages, "the server went down during the run"
+    assert "validation passed; 100,000 rows in" in summary
     assert "100,000 in, 100,000 scored" in summary
     conserved(own_db)
     assert query(own_db, "SELECT count(*) FROM customer_segments") == [(100_000,)]
     assert query(own_db, "SELECT status FROM scoring_runs") == [("succeeded",)]
     assert query(own_db, "SELECT status FROM ingest_batches") == [("validated",)]
+    assert query(own_db, "SELECT count(*) FROM validation_runs") == [(1,)]
