@@ -93,13 +93,13 @@ def main() -> None:
         frame = timed("load training sample", load_training_frame, url, 200_000, 42)
         result = timed("train (k=4, 200k sample)", train_model, frame,
                        registry.new_version(), k=4, k_range=range(0))
+        os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")
         saved = registry.save_version(result.model, result.metrics, result.sizes,
                                       Path(tmp) / "models")
         register_and_gate(url, saved, result, force=True)
         model = result.model
-        os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")
         score = timed("score full (stream+publish)", scoring.score_customers, url, model,
-                      model.names, mode="full")
+                      mode="full")
         print(f"  timings {score.timings}")
         with connection(url) as conn:
             ids = [r[0] for r in conn.execute(

@@ -147,6 +147,7 @@ def main() -> None:
     from segmentation.validation import validate_batch
 
     with throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+        os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")  # here and children
         path = Path(tmp) / "customers.csv"
         generate_csv(path, args.rows, 5)
         validate_batch(url, ingest_csv(url, path).batch_id)

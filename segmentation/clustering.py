@@ -30,7 +30,7 @@ SILHOUETTE_SAMPLE = 5_000
 
 @dataclass
 class SegmentationModel:
-    """Everything needed to score and explain: saved as one joblib file per version."""
+    """Everything needed to score and explain: saved as one skops file per version."""
 
     version: str
     pipeline: Pipeline  # mean imputer -> standard scaler -> KMeans

@@ -1,8 +1,13 @@
 """Versioned models: a folder per version on disk, a row per version in PostgreSQL.
 
 A version is written to a temporary folder and renamed into place only when complete, so
-a full disk or a permission error leaves the registry as it was.  Loading checks the
-file's sha256 against the database row and the scikit-learn version against metadata.
+a full disk or a permission error leaves the registry as it was.
+
+Loading a model must never run code, even for someone who can write the database (its
+path and sha256 live there): a model is saved with skops, whose loader rebuilds only an
+explicit list of types and executes nothing; it is read once, its sha256 checked on those
+same bytes, and only a folder inside the models folder is read at all. Pickles (the joblib
+files of earlier releases) are never opened.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import psycopg
 import sklearn
@@ -30,7 +34,11 @@ from segmentation.errors import ModelError, SegmentationError
 from segmentation.features import FEATURES
 from segmentation.tree import export_rules
 
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.skops"
+LEGACY_FILE = "model.joblib"  # a pickle: never loaded
+# What a model file may hold beyond skops' own safe defaults (builtins, numpy arrays,
+# scikit-learn estimators): numpy dtypes and a fitted tree's node arrays.
+TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree"]
 
 
 def new_version() -> str:
@@ -65,7 +73,9 @@ def save_version(model: SegmentationModel, metrics: dict[str, Any], sizes: dict[
         raise SegmentationError(f"model version {model.version} already exists at {final}")
     staging = Path(tempfile.mkdtemp(prefix=f".{model.version}-", dir=models_dir))
     try:
-        joblib.dump(model, staging / MODEL_FILE, compress=3)
+        import skops.io
+
+        skops.io.dump(model_payload(model), staging / MODEL_FILE)
         (staging / "rules.txt").write_text(export_rules(model), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         metadata = {
@@ -189,8 +199,56 @@ def champion_version(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def load_version(conn: psycopg.Connection, version: str | None = None) -> SegmentationModel:
-    """Load a version (default: the champion), refusing tampered or incompatible files."""
+def model_payload(model: SegmentationModel) -> dict[str, Any]:
+    """The model as plain parts skops can store without pickling a class of ours."""
+    return {"version": model.version, "pipeline": model.pipeline, "pca": model.pca,
+            "tree": model.tree, "label_to_segment": np.asarray(model.label_to_segment),
+            "names": dict(model.names), "profiles": dict(model.profiles),
+            "features": list(model.features), "info": model.info}
+
+
+def model_from_bytes(data: bytes, where: str) -> SegmentationModel:
+    """Rebuild a model from skops bytes, allowing only the trusted types (runs no code)."""
+    import skops.io
+
+    try:
+        untrusted = set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES)
+    except Exception as exc:  # not a skops archive at all (a pickle, garbage)
+        raise ModelError(f"{where} is not a model file written by this registry "
+                         f"({type(exc).__name__}); refusing to load it") from None
+    if untrusted:
+        raise ModelError(f"{where} holds types this registry never writes "
+                         f"({', '.join(sorted(untrusted))}); refusing to load it")
+    try:
+        parts = skops.io.loads(data, trusted=TRUSTED_TYPES)
+        model = SegmentationModel(
+            version=str(parts["version"]), pipeline=parts["pipeline"], pca=parts["pca"],
+            tree=parts["tree"], label_to_segment=np.asarray(parts["label_to_segment"]),
+            names={int(k): str(v) for k, v in parts["names"].items()},
+            profiles={int(k): str(v) for k, v in parts["profiles"].items()},
+            features=tuple(parts["features"]), info=dict(parts["info"]))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{where} does not hold a segmentation model ({exc})") from None
+    return model
+
+
+def model_folder(stored: str, models_dir: Path, version: str) -> Path:
+    """The version's folder, refused unless it lies inside the models folder (a database
+    row must not point the loader at files elsewhere)."""
+    root = models_dir.resolve()
+    folder = Path(stored).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise ModelError(f"model {version}: its folder {stored} is outside the models folder "
+                         f"{root}; refusing to load it")
+    return folder
+
+
+def load_version(conn: psycopg.Connection, version: str | None = None,
+                 models_dir: Path | None = None) -> SegmentationModel:
+    """Load a version (default: the champion), refusing tampered, foreign or incompatible
+    files. models_dir: where versions may live (default: the configured models folder)."""
     if version is None:
         version = champion_version(conn)
         if version is None:
@@ -199,11 +257,20 @@ def load_version(conn: psycopg.Connection, version: str | None = None) -> Segmen
                        (version,)).fetchone()
     if row is None:
         raise ModelError(f"no model version {version!r}")
-    folder, expected = Path(row[0]), row[1]
+    if models_dir is None:
+        from segmentation.config import load_settings
+
+        models_dir = load_settings().models_path
+    folder, expected = model_folder(row[0], models_dir, version), row[1]
     path = folder / MODEL_FILE
     if not path.is_file():
+        if (folder / LEGACY_FILE).is_file():
+            raise ModelError(f"model {version} is a pickle from an earlier release, which is "
+                             "never loaded (it could run code): retrain with "
+                             "`segmentation train`")
         raise ModelError(f"model {version}: file {path} is missing")
-    actual = sha256_file(path)
+    data = path.read_bytes()  # read once: the bytes checked are the bytes loaded
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ModelError(f"model {version}: {path} sha256 {actual[:12]}... does not match the "
                          f"registry ({expected[:12]}...); refusing to load a modified file")
@@ -214,9 +281,9 @@ def load_version(conn: psycopg.Connection, version: str | None = None) -> Segmen
     if metadata.get("sklearn") != sklearn.__version__:
         raise ModelError(f"model {version} was saved with scikit-learn {metadata.get('sklearn')}"
                          f", this environment has {sklearn.__version__}; retrain it")
-    model = joblib.load(path)
-    if not isinstance(model, SegmentationModel):
-        raise ModelError(f"model {version}: {path} does not hold a SegmentationModel")
+    model = model_from_bytes(data, f"model {version}: {path}")
+    if model.version != version:
+        raise ModelError(f"model {version}: {path} holds model {model.version}; refusing it")
     return model
 
 

@@ -23,10 +23,10 @@ def save_and_register(url: str, trained, models_dir: Path, version: str):
 def test_round_trip_predicts_identically(db: str, trained, models_dir: Path,
                                          synthetic_frame) -> None:
     saved = save_and_register(db, trained, models_dir, "m-rt-1")
-    assert {p.name for p in saved.path.iterdir()} == {"model.joblib", "rules.txt",
+    assert {p.name for p in saved.path.iterdir()} == {"model.skops", "rules.txt",
                                                       "metadata.json"}
     metadata = json.loads((saved.path / "metadata.json").read_text())
-    assert metadata["sha256"]["model.joblib"] == saved.sha256
+    assert metadata["sha256"]["model.skops"] == saved.sha256
     assert {"python", "sklearn", "numpy", "metrics"} <= metadata.keys()
     with connection(db) as conn:
         loaded = registry.load_version(conn, "m-rt-1")
@@ -232,3 +232,75 @@ def test_summary_names_the_model_that_scored_the_rows(db: str, trained, models_d
     scoring.score_customers(db, new, mode="incremental")
     assert query(db, "SELECT model_version, rescore_pending, sum(customers)::int"
                      " FROM segment_summary GROUP BY 1, 2") == [("m-new", False, 5_000)]
+
+
+class RunsCode:
+    """What an attacker plants: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(db: str, version: str, path: Path, payload: bytes) -> None:
+    """A database writer's attack: a file of their choosing, its digest in the registry."""
+    import hashlib
+
+    path.write_bytes(payload)
+    with connection(db) as conn:
+        conn.execute("UPDATE model_versions SET sha256 = %s WHERE version = %s",
+                     (hashlib.sha256(payload).hexdigest(), version))
+
+
+@pytest.mark.parametrize("name", [registry.MODEL_FILE, registry.LEGACY_FILE])
+def test_planted_pickle_with_a_matching_digest_never_runs(db: str, trained, models_dir: Path,
+                                                          tmp_path: Path, name: str) -> None:
+    import pickle
+
+    saved = save_and_register(db, trained, models_dir, "m-victim")
+    marker = tmp_path / "code-ran"
+    if name == registry.LEGACY_FILE:  # an earlier release's joblib file, swapped for a pickle
+        (saved.path / registry.MODEL_FILE).unlink(missing_ok=True)
+    plant(db, "m-victim", saved.path / name, pickle.dumps(RunsCode(marker)))
+    with connection(db) as conn, pytest.raises(ModelError, match="refusing|never loaded"):
+        registry.load_version(conn, "m-victim")
+    assert not marker.exists(), "loading the model ran the attacker's code"
+
+
+def test_a_skops_file_naming_a_function_is_refused(db: str, trained, models_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """skops stores references to functions; a file that names one is refused before
+    anything is rebuilt."""
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    saved = save_and_register(db, trained, models_dir, "m-func")
+    payload = registry.model_payload(trained.model)
+    payload["version"] = "m-func"
+    payload["pipeline"] = FunctionTransformer(func=os.system)
+    plant(db, "m-func", saved.path / registry.MODEL_FILE, skops.io.dumps(payload))
+    with connection(db) as conn, \
+            pytest.raises(ModelError, match=r"holds types this registry never writes \(.*system"):
+        registry.load_version(conn, "m-func")
+
+
+def test_a_model_folder_outside_the_models_folder_is_refused(db: str, trained,
+                                                             models_dir: Path,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    saved = save_and_register(db, trained, models_dir, "m-away")
+    elsewhere = tmp_path / "elsewhere" / "m-away"
+    shutil.copytree(saved.path, elsewhere)  # a genuine model, in the wrong place
+    for stored in (str(elsewhere), f"{models_dir}/../elsewhere/m-away"):
+        with connection(db) as conn:
+            conn.execute("UPDATE model_versions SET path = %s WHERE version = 'm-away'",
+                         (stored,))
+        with connection(db) as conn, pytest.raises(ModelError, match="outside the models"):
+            registry.load_version(conn, "m-away")
