@@ -1,5 +1,8 @@
 """Shared flow helpers: settings/URL once per flow run, and DB-task defaults.
 
+Flows and tasks never take or return the database URL (it may hold a password, and Prefect
+stores parameters): every task resolves it from its own process's settings.
+
 Retries and timeouts come from the settings of the process that imports the flows (the
 worker's flow-run process, or the CLI): SEGMENTATION_RETRY_WINDOW_S and
 SEGMENTATION_FLOW_TIMEOUT_S.
@@ -53,15 +56,16 @@ db_task = task(cache_policy=NO_CACHE, retries=len(_DELAYS), retry_delay_seconds=
                retry_jitter_factor=RETRY_JITTER, retry_condition_fn=transient_only)
 
 
-@db_task
-def resolve_database(settings: Settings) -> str:
-    """The database URL (starting the embedded server if none is configured)."""
-    return resolve_url(settings)
-
-
 def flow_settings() -> Settings:
     """Settings for a flow run, read from the worker's environment."""
     return load_settings()
+
+
+def database_url() -> str:
+    """The database URL, resolved where it is used (inside each task, from this process's
+    settings): a URL holds the password, so it is never a flow or task parameter, result,
+    log line or artifact that Prefect would store."""
+    return resolve_url(load_settings())
 
 
 def dask_task_runner(settings: Settings, partitions: int) -> Any:

@@ -9,7 +9,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import dask_task_runner, db_task, flow_settings, flow_timeout_s, resolve_database
+from flows.common import dask_task_runner, database_url, db_task, flow_settings, flow_timeout_s
 from flows.validate import report_drift, validate_pending
 from segmentation import drift, registry, reports, scoring
 from segmentation.clustering import SegmentationModel
@@ -17,15 +17,20 @@ from segmentation.config import Settings
 from segmentation.db import connection
 
 
-@db_task
-def load_champion(url: str) -> SegmentationModel:
-    """The champion model (sha256-checked)."""
-    with connection(url) as conn:
-        return registry.load_version(conn)
+def load_model(version: str | None = None) -> SegmentationModel:
+    """A version (default: the champion), sha256-checked, loaded where it is used."""
+    with connection(database_url()) as conn:
+        return registry.load_version(conn, version)
 
 
 @db_task
-def score_customers(url: str, model: SegmentationModel, mode: Literal["full", "incremental"],
+def champion_version() -> str:
+    """The champion's version: what a run scores with (it fails here if there is none)."""
+    return load_model().version
+
+
+@db_task
+def score_customers(model_version: str, mode: Literal["full", "incremental"],
                     chunk_rows: int, wait: bool, wait_timeout_s: float) -> scoring.ScoreResult:
     """Stream, classify and publish in one transaction (safe to retry: all or nothing)."""
     logger = get_run_logger()
@@ -33,20 +38,20 @@ def score_customers(url: str, model: SegmentationModel, mode: Literal["full", "i
     def progress(rows: int, seconds: float) -> None:
         logger.info("scored %s rows (%.0f rows/s)", f"{rows:,}", rows / max(seconds, 1e-9))
 
-    return scoring.score_customers(url, model, mode=mode, chunk_rows=chunk_rows, wait=wait,
+    return scoring.score_customers(database_url(), load_model(model_version), mode=mode,
+                                   chunk_rows=chunk_rows, wait=wait,
                                    wait_timeout_s=wait_timeout_s, progress=progress)
 
 
 @db_task
-def check_ready(url: str, model_version: str,
-                mode: Literal["full", "incremental"]) -> scoring.RunStart:
+def check_ready(model_version: str, mode: Literal["full", "incremental"]) -> scoring.RunStart:
     """Refuse before any work: schema current, no unvalidated or failed batch."""
-    return scoring.check_ready(url, model_version, mode)
+    return scoring.check_ready(database_url(), model_version, mode)
 
 
 @db_task
-def score_partition(url: str, model: SegmentationModel, mode: Literal["full", "incremental"],
-                    run_id: str, part: int, parts: int, chunk_rows: int,
+def score_partition(model_version: str, mode: Literal["full", "incremental"], run_id: str,
+                    part: int, parts: int, chunk_rows: int,
                     since: datetime | None) -> scoring.PartitionResult:
     """Score one hash partition into scoring_stage (a retry replaces the partition)."""
     logger = get_run_logger()
@@ -55,66 +60,72 @@ def score_partition(url: str, model: SegmentationModel, mode: Literal["full", "i
         logger.info("partition %d/%d: %s rows (%.0f rows/s)", part + 1, parts, f"{rows:,}",
                     rows / max(seconds, 1e-9))
 
-    staged = scoring.stage_partition(url, model, mode, run_id, part, parts, chunk_rows,
-                                     since, progress)
+    staged = scoring.stage_partition(database_url(), load_model(model_version), mode, run_id,
+                                     part, parts, chunk_rows, since, progress)
     logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
                 f"{staged.rows:,}", staged.seconds)
     return staged
 
 
 @db_task
-def publish_partitions(url: str, model: SegmentationModel,
-                       mode: Literal["full", "incremental"], run_id: str,
+def publish_partitions(model_version: str, mode: Literal["full", "incremental"], run_id: str,
                        staged: list[scoring.PartitionResult], wait: bool,
                        wait_timeout_s: float, started_at: datetime) -> scoring.ScoreResult:
     """Publish all staged partitions in one transaction (all or nothing; a retry of a
     published run returns its record)."""
-    return scoring.publish_staged(url, model, mode, run_id, staged, wait=wait,
-                                  wait_timeout_s=wait_timeout_s, started_at=started_at)
+    return scoring.publish_staged(database_url(), load_model(model_version), mode, run_id,
+                                  staged, wait=wait, wait_timeout_s=wait_timeout_s,
+                                  started_at=started_at)
+
+
+@db_task
+def discard_staged(run_id: str) -> None:
+    """Drop a run's scratch rows once it is given up."""
+    scoring.discard_staged(database_url(), run_id)
 
 
 @flow(name="partitioned-scoring", log_prints=True)
-def partitioned_scoring(url: str, model: SegmentationModel,
-                        mode: Literal["full", "incremental"], partitions: int, chunk_rows: int,
-                        wait: bool, wait_timeout_s: float) -> scoring.ScoreResult:
-    """Score hash partitions of customer_id as parallel tasks, then publish them at once."""
-    start = check_ready(url, model.version, mode)
+def partitioned_scoring(model_version: str, mode: Literal["full", "incremental"],
+                        partitions: int, chunk_rows: int, wait: bool,
+                        wait_timeout_s: float) -> scoring.ScoreResult:
+    """Score hash partitions of customer_id as parallel tasks, then publish them at once.
+    Each task (on any Dask worker) resolves the database and loads the model itself."""
+    start = check_ready(model_version, mode)
     run_id = str(uuid.uuid4())
     try:
-        staged = score_partition.map(unmapped(url), unmapped(model), unmapped(mode),
-                                     unmapped(run_id), range(partitions), unmapped(partitions),
+        staged = score_partition.map(unmapped(model_version), unmapped(mode), unmapped(run_id),
+                                     range(partitions), unmapped(partitions),
                                      unmapped(chunk_rows), unmapped(start.since)).result()
-        return publish_partitions(url, model, mode, run_id, staged, wait, wait_timeout_s,
+        return publish_partitions(model_version, mode, run_id, staged, wait, wait_timeout_s,
                                   start.started_at)
     except BaseException:
-        scoring.discard_staged(url, run_id)  # given up: drop the run's scratch rows
+        discard_staged(run_id)
         raise
 
 
 @db_task
-def segment_mix(url: str, model_version: str, run_id: str) -> list[drift.DriftAlert]:
+def segment_mix(model_version: str, run_id: str) -> list[drift.DriftAlert]:
     """Segment-mix drift of the published table against the champion's training shares."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         alert = drift.segment_mix_alert(conn, model_version, run_id)
     return [alert] if alert else []
 
 
-def run_scoring(url: str, settings: Settings, mode: Literal["full", "incremental"],
-                wait: bool, partitions: int) -> tuple[str, list[drift.DriftAlert]]:
+def run_scoring(settings: Settings, mode: Literal["full", "incremental"], wait: bool,
+                partitions: int) -> tuple[str, list[drift.DriftAlert]]:
     """Score and publish (in this process or on Dask), then look at the segment mix;
     returns the summary and any drift, which the caller reports."""
-    model = load_champion(url)
+    version = champion_version()
     if partitions > 1:
         runner = dask_task_runner(settings, partitions)
         result = partitioned_scoring.with_options(task_runner=runner)(
-            url, model, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
+            version, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
     else:
-        result = score_customers(url, model, mode, settings.chunk_rows, wait,
-                                 settings.lock_wait_s)
+        result = score_customers(version, mode, settings.chunk_rows, wait, settings.lock_wait_s)
     create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
                              description="Latest scoring run")
     # the summary is the run's result (and the CLI's output), the report its artifact
-    return reports.scoring_summary(result), segment_mix(url, model.version, result.run_id)
+    return reports.scoring_summary(result), segment_mix(version, result.run_id)
 
 
 @flow(name="nightly-scoring", log_prints=True, timeout_seconds=flow_timeout_s())
@@ -122,10 +133,8 @@ def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool 
                partitions: int = 1) -> str:
     """Score customers with the champion and publish them to customer_segments
     (partitions > 1: in parallel on Dask, a local cluster or SEGMENTATION_DASK_ADDRESS)."""
-    settings = flow_settings()
-    url = resolve_database(settings)
-    summary, alerts = run_scoring(url, settings, mode, wait, partitions)
-    report_drift(url, alerts, summary)
+    summary, alerts = run_scoring(flow_settings(), mode, wait, partitions)
+    report_drift(alerts, summary)
     return summary
 
 
@@ -134,9 +143,8 @@ def nightly(mode: Literal["full", "incremental"] = "incremental", partitions: in
     """The nightly job: validate pending batches, score and publish, then report drift
     (drift never stops the night; a failed batch does, as scoring would refuse it)."""
     settings = flow_settings()
-    url = resolve_database(settings)
-    validated, alerts = validate_pending(url, settings)
-    summary, mix = run_scoring(url, settings, mode, True, partitions)
+    validated, alerts = validate_pending(settings)
+    summary, mix = run_scoring(settings, mode, True, partitions)
     summary = "\n".join([*validated, summary])
-    report_drift(url, alerts + mix, summary)
+    report_drift(alerts + mix, summary)
     return summary

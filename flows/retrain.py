@@ -9,22 +9,22 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import db_task, flow_settings, flow_timeout_s, resolve_database
+from flows.common import database_url, db_task, flow_settings, flow_timeout_s
 from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
 
 
 @db_task
-def load_training_frame(url: str, sample_size: int | None, random_state: int) -> pd.DataFrame:
+def load_training_frame(sample_size: int | None, random_state: int) -> pd.DataFrame:
     """Customers eligible for training."""
-    return training.load_training_frame(url, sample_size, random_state)
+    return training.load_training_frame(database_url(), sample_size, random_state)
 
 
 @db_task
-def load_champion(url: str) -> SegmentationModel | None:
+def load_champion() -> SegmentationModel | None:
     """The current champion, to align segment ids with (None on the first run)."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         return registry.load_version(conn) if registry.champion_version(conn) else None
 
 
@@ -45,17 +45,17 @@ def save_model(result: training.TrainingResult, models_dir: str) -> registry.Sav
 
 
 @db_task
-def register_model(url: str, saved: registry.SavedVersion, result: training.TrainingResult,
+def register_model(saved: registry.SavedVersion, result: training.TrainingResult,
                    force: bool) -> str:
     """Register the version and promote it when the gates hold (or --force)."""
-    return training.register_and_gate(url, saved, result, force,
+    return training.register_and_gate(database_url(), saved, result, force,
                                       changed_by="retrain flow" + (" --force" if force else ""))
 
 
 @db_task
-def segment_names(url: str, version: str) -> dict[int, str]:
+def segment_names(version: str) -> dict[int, str]:
     """The version's segment names as readers see them (ops' renames applied)."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         return registry.segment_names(conn, version)
 
 
@@ -64,13 +64,12 @@ def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
             force: bool = False) -> str:
     """Retrain the segmentation; the new version becomes champion only through the gates."""
     settings = flow_settings()
-    url = resolve_database(settings)
-    frame = load_training_frame(url, sample_size, settings.random_state)
-    champion = load_champion(url)
+    frame = load_training_frame(sample_size, settings.random_state)
+    champion = load_champion()
     result = fit_model(frame, k, sample_size, settings.random_state, champion)
     saved = save_model(result, str(settings.models_path))
-    status = register_model(url, saved, result, force)
-    names = segment_names(url, saved.version)
+    status = register_model(saved, result, force)
+    names = segment_names(saved.version)
     create_markdown_artifact(markdown=reports.retrain_markdown(result, status, names),
                              key="retrain-report", description="Latest retrain")
     create_table_artifact(table=reports.segment_rows(result, names), key="retrain-segments",

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from flows.common import db_task, flow_settings, flow_timeout_s, resolve_database
+from flows.common import database_url, db_task, flow_settings, flow_timeout_s
 from segmentation import drift, reports, validation
 from segmentation.config import Settings
 from segmentation.db import connection
@@ -15,18 +15,19 @@ from segmentation.registry import champion_reference, champion_version
 
 
 @db_task
-def list_pending(url: str) -> list[str]:
+def list_pending() -> list[str]:
     """Batches landed but not validated yet, oldest first."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         return [str(b) for (b,) in conn.execute(
             "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
 
 
 @db_task
-def validate_one(url: str, batch_id: str, max_share: float,
+def validate_one(batch_id: str, max_share: float,
                  lock_wait_s: float) -> validation.ValidationReport | str:
     """Validate one batch (GX pushed down to PostgreSQL); a batch another run validated
     meanwhile is reported, not validated twice."""
+    url = database_url()
     with connection(url) as conn:
         reference = champion_reference(conn)
     try:
@@ -38,28 +39,28 @@ def validate_one(url: str, batch_id: str, max_share: float,
 
 
 @db_task
-def record_drift(url: str, alerts: list[drift.DriftAlert]) -> None:
+def record_drift(alerts: list[drift.DriftAlert]) -> None:
     """The alerts as drift_alerts rows ops can query."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         drift.record_alerts(conn, alerts)
 
 
 @db_task
-def champion(url: str) -> str | None:
+def champion() -> str | None:
     """The champion's version (drift is measured against its training data)."""
-    with connection(url) as conn:
+    with connection(database_url()) as conn:
         return champion_version(conn)
 
 
-def validate_pending(url: str, settings: Settings, batch_id: str | None = None
+def validate_pending(settings: Settings, batch_id: str | None = None
                      ) -> tuple[list[str], list[drift.DriftAlert]]:
     """Validate one or every pending batch; raise if one failed, return summaries and the
     drift found (reported by the caller once its work is done)."""
-    batches = [batch_id] if batch_id else list_pending(url)
+    batches = [batch_id] if batch_id else list_pending()
     summaries, failed, alerts = [], [], []
-    model_version = champion(url) if batches else None
+    model_version = champion() if batches else None
     for batch in batches:
-        report = validate_one(url, batch, settings.quarantine_max_share, settings.lock_wait_s)
+        report = validate_one(batch, settings.quarantine_max_share, settings.lock_wait_s)
         if isinstance(report, str):  # validated by another run meanwhile
             summaries.append(report)
             continue
@@ -78,12 +79,12 @@ def validate_pending(url: str, settings: Settings, batch_id: str | None = None
     return summaries, alerts
 
 
-def report_drift(url: str, alerts: list[drift.DriftAlert], summary: str) -> None:
+def report_drift(alerts: list[drift.DriftAlert], summary: str) -> None:
     """After the work is published: a row per alert, an event each (the automation notifies
     ops), an artifact, then fail the run so it stands out. Nothing if no alert."""
     if not alerts:
         return
-    record_drift(url, alerts)
+    record_drift(alerts)
     for alert in alerts:
         subject = (f"segmentation.batch.{alert.batch_id}" if alert.batch_id
                    else f"segmentation.model.{alert.model_version}")
@@ -101,9 +102,8 @@ def validate_flow(batch_id: str | None = None) -> list[str]:
     """Validate one batch, or every pending one; fails when a batch breaks the contract,
     and (after accepting it) when its features drifted."""
     settings = flow_settings()
-    url = resolve_database(settings)
-    summaries, alerts = validate_pending(url, settings, batch_id)
+    summaries, alerts = validate_pending(settings, batch_id)
     summary = "\n".join(summaries) or "no batch waiting for validation"
-    report_drift(url, alerts, summary)
+    report_drift(alerts, summary)
     return summaries or ["no batch waiting for validation"]
 

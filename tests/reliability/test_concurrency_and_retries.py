@@ -224,8 +224,9 @@ def test_partitioned_publish_retried_by_prefect(db: str, scored_champion, synthe
 
     load_batch(db, synthetic_csv)
     calls = drop_connection_after_publish(db, monkeypatch)
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
     result = partitioned_scoring.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
-        db, scored_champion, "full", 2, 10_000, False, 5.0)
+        scored_champion.version, "full", 2, 10_000, False, 5.0)
     assert len(calls) == 2 and calls[0] == calls[1] == result.run_id
     assert (result.rows_scored, result.rows_changed) == (5_000, 5_000)
     assert query(db, "SELECT status FROM scoring_runs") == [("succeeded",)]
@@ -277,3 +278,68 @@ def test_refused_connections_are_retried_and_bad_credentials_are_not(db: str) ->
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0] and max(delays) == 60.0
     assert 600 <= sum(delays) < 660
     assert retry_delays(0) == []
+
+
+def read_all_events(client) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every event the server holds, page by page (the API returns 50 at a time)."""
+    page = client._client.post("/events/filter", json={"limit": 50}).json()
+    events = [str(e) for e in page["events"]]
+    while page.get("next_page") and len(events) < 20_000:
+        page = client._client.get(page["next_page"]).json()
+        events += [str(e) for e in page["events"]]
+    return events
+
+
+@pytest.mark.slow
+def test_no_password_in_anything_prefect_stores(db: str, models_dir: Path,
+                                                synthetic_csv: Path, prefect_api: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train, validate and a partitioned nightly run with a password in the database URL;
+    then every flow run's parameters, every task run, artifact, log and event the Prefect
+    server holds is read back through its API: the password is in none of them."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.nightly_scoring import nightly
+    from flows.retrain import retrain
+    from flows.validate import validate_flow
+    from segmentation.ingest import ingest_csv
+
+    secret = "s3cret-Pa55-in-the-url"
+    url = make_url(db).set(password=secret).render_as_string(hide_password=False)
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", url)  # trust auth ignores it
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):  # every log to the API
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.DEBUG)
+    load_batch(db, synthetic_csv)
+    retrain(k=4)
+    lines = synthetic_csv.read_text().splitlines()
+    for name in ("a", "b"):
+        path = synthetic_csv.parent / f"secret-{name}.csv"
+        path.write_text("\n".join([lines[0], *(line.replace("C0", f"{name.upper()}0", 1)
+                                               for line in lines[1:101])]) + "\n")
+        ingest_csv(db, path)
+        if name == "a":
+            validate_flow()
+    nightly(partitions=2)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # send what is batched
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, APILogHandler):
+                handler.flush()
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs()
+        stored = {
+            "flow run parameters": [r.parameters for r in flow_runs],
+            "flow runs": [r.model_dump_json() for r in flow_runs],
+            "task runs": [r.model_dump_json() for r in client.read_task_runs()],
+            "artifacts": [a.model_dump_json() for a in client.read_artifacts()],
+            "logs": [log.message for log in client.read_logs()],
+            "events": read_all_events(client),
+        }
+    assert len({r.flow_id for r in flow_runs}) >= 4, \
+        "retrain, validate, nightly and partitioned-scoring all ran"
+    assert len(stored["logs"]) > 10, stored["logs"]
+    assert stored["task runs"] and stored["events"]
+    leaks = [where for where, values in stored.items() if secret in str(values)]
+    assert leaks == [], f"the password is stored by Prefect in: {leaks}"
