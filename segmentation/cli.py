@@ -53,12 +53,14 @@ def db_migrate() -> None:
     applied = apply_migrations(url)
     typer.echo(f"{mask_url(url)}: " + (f"applied {', '.join(applied)}" if applied
                                        else "schema up to date"))
-    password = os.environ.get("SEGMENTATION_MARKETING_PASSWORD")
-    if password:
-        from segmentation.db import set_marketing_password
+    from segmentation.db import APP_ROLE, set_role_password
 
-        set_marketing_password(url, password)
-        typer.echo("marketing_ro may log in (password from SEGMENTATION_MARKETING_PASSWORD)")
+    for role, variable in (("marketing_ro", "SEGMENTATION_MARKETING_PASSWORD"),
+                           (APP_ROLE, "SEGMENTATION_APP_PASSWORD")):
+        password = os.environ.get(variable)
+        if password:
+            set_role_password(url, role, password)
+            typer.echo(f"{role} may log in (password from {variable})")
 
 
 @db_app.command("url")
@@ -85,7 +87,7 @@ def db_stop() -> None:
     from segmentation.embedded import stop_embedded
 
     settings = _settings()
-    if settings.database_url:
+    if settings.database_url is not None:
         typer.echo("SEGMENTATION_DATABASE_URL is set: no embedded server to stop")
         return
     typer.echo("stopped" if stop_embedded(settings.home) else "embedded server was not running")
@@ -474,14 +476,23 @@ def _print_segments(url: str) -> None:
 
 
 @app.command("app")
-def run_app(port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501) -> None:
-    """Start the Streamlit app on this database."""
-    url = _url()
+def run_app(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    address: Annotated[str, typer.Option(
+        help="Address to listen on; 0.0.0.0 exposes the app to the network (configure "
+             "the [auth] login first).")] = "127.0.0.1",
+) -> None:
+    """Start the Streamlit app on this database, reading as segmentation_app."""
+    settings = _settings()
     script = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
-    env = {**os.environ, "SEGMENTATION_DATABASE_URL": url}
+    env = dict(os.environ)
+    if settings.app_database_url is not None:  # the app's own login: no owner URL in reach
+        env.pop("SEGMENTATION_DATABASE_URL", None)
+    else:  # the owner's URL; the app switches every session to segmentation_app
+        env["SEGMENTATION_DATABASE_URL"] = _url(settings)
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "viewer"]
+           "--server.address", address, "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     sys.stdout.flush()
     sys.stderr.flush()
     # the server replaces this process: its pid is the one ops see and stop, and no child

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -19,10 +19,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEGMENTATION_", extra="ignore")
 
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL (postgresql+psycopg://...). Unset: a private embedded server.",
     )
+    app_database_url: SecretStr | None = Field(
+        default=None,
+        description="The app's URL, logging in as segmentation_app. Unset: the owner URL, each"
+        " session switched to segmentation_app.")
+    app_allow_export: bool = Field(
+        default=False, description="Let app users download the customers of a segment (CSV);"
+        " each export is recorded in export_log.")
     home: Path = Field(default_factory=default_home, description="State directory.")
     models_dir: Path | None = Field(default=None, description="Model registry folder.")
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows per streamed chunk.")

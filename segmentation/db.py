@@ -24,7 +24,7 @@ def resolve_url(settings: Settings) -> str:
     """The SQLAlchemy URL to use: the configured one, or the embedded server's, with the
     statement timeout (SEGMENTATION_STATEMENT_TIMEOUT_S) as a session option."""
     if settings.database_url:
-        url = make_url(settings.database_url)
+        url = make_url(settings.database_url.get_secret_value())
         if not url.drivername.startswith("postgresql"):
             raise SegmentationError(
                 f"SEGMENTATION_DATABASE_URL must be a PostgreSQL URL, got {mask_url(str(url))}"
@@ -38,6 +38,29 @@ def resolve_url(settings: Settings) -> str:
         url = url.update_query_dict(
             {"options": f"-cstatement_timeout={int(settings.statement_timeout_s * 1000)}"})
     return str(url.render_as_string(hide_password=False))
+
+
+APP_ROLE = "segmentation_app"
+
+
+def app_database(settings: Settings) -> tuple[str, str | None]:
+    """The app's URL and the role its sessions must switch to: its own login
+    (SEGMENTATION_APP_DATABASE_URL, no switch needed), or the owner's URL switched to
+    segmentation_app before the first query."""
+    if settings.app_database_url:
+        own = settings.model_copy(update={"database_url": settings.app_database_url})
+        return resolve_url(own), None
+    return resolve_url(settings), APP_ROLE
+
+
+def set_role(conn: psycopg.Connection, role: str | None) -> None:
+    """Switch a fresh session to `role` (and commit, so a rollback cannot undo it)."""
+    if role:
+        from psycopg import sql
+
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        if not conn.autocommit:
+            conn.commit()
 
 
 def conninfo(url: str) -> str:
@@ -192,13 +215,19 @@ def apply_migrations(url: str, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
-def set_marketing_password(url: str, password: str) -> None:
-    """Let marketing_ro log in with a password taken from the environment."""
+def set_role_password(url: str, role: str, password: str) -> None:
+    """Let a role (marketing_ro, segmentation_app) log in with a password taken from the
+    environment."""
     from psycopg import sql
 
     with connection(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER ROLE marketing_ro LOGIN PASSWORD {}")
-                     .format(sql.Literal(password)))
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}")
+                     .format(sql.Identifier(role), sql.Literal(password)))
+
+
+def set_marketing_password(url: str, password: str) -> None:
+    """Let marketing_ro log in with a password taken from the environment."""
+    set_role_password(url, "marketing_ro", password)
 
 
 def require_schema(conn: psycopg.Connection) -> None:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 from segmentation.clustering import SegmentationModel
 from segmentation.config import load_settings, mask_url
 from segmentation.contract import CASH_ADVANCE_FREQUENCY_MAX
-from segmentation.db import connection, resolve_url
+from segmentation.db import app_database, connection, set_role
 from segmentation.errors import SegmentationError
 from segmentation.features import COUNTS, FEATURES, FREQUENCIES
 from streamlit_app import data
@@ -24,10 +24,16 @@ from streamlit_app import data
 st.set_page_config(page_title="Customer segments", layout="wide")
 
 
+def app_role() -> str | None:
+    """The role every session switches to: None when the app logs in as segmentation_app
+    (SEGMENTATION_APP_DATABASE_URL), segmentation_app when it was given the owner's URL."""
+    return app_database(load_settings())[1]
+
+
 @st.cache_resource
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL, built from the same settings as the CLI."""
-    return data.app_engine(url)
+    return data.app_engine(url, app_role())
 
 
 @st.cache_resource
@@ -36,6 +42,7 @@ def get_model(url: str, version: str) -> SegmentationModel:
     from segmentation.registry import load_version
 
     with connection(url) as conn:
+        set_role(conn, app_role())
         return load_version(conn, version)
 
 
@@ -101,17 +108,29 @@ def overview(url: str) -> None:
     st.subheader("Customers on the first two principal components")
     st.scatter_chart(projected_sample(url, str(segments["version"].iloc[0])),
                      x="pc1", y="pc2", color="segment")
+    if not load_settings().app_allow_export:
+        st.caption("Exporting customers is off (SEGMENTATION_APP_ALLOW_EXPORT).")
+        return
     chosen = st.multiselect("Export the customers of segments", list(segments["segment_id"]))
-    if chosen:
-        export = data.export_segments(get_engine(url), [int(s) for s in chosen])
+    if chosen and st.button("Prepare the export (it is recorded)"):
+        export = data.export_segments(get_engine(url), [int(s) for s in chosen], viewer())
         st.download_button("Download CSV", export.to_csv(index=False), "segments.csv",
                            "text/csv")
+
+
+def viewer() -> str:
+    """Who is looking: the signed-in user's e-mail, else that nobody signed in."""
+    try:
+        email = st.user.get("email") if st.user.is_logged_in else None
+    except Exception:  # no [auth] configured: st.user knows nobody
+        email = None
+    return str(email) if email else "anonymous (no login configured)"
 
 
 @st.cache_resource
 def get_lookups(url: str) -> ConnectionPool:
     """One small pool of autocommit connections for customer lookups."""
-    return data.lookup_pool(url)
+    return data.lookup_pool(url, role=app_role())
 
 
 def lookup(engine: Engine, url: str) -> None:
@@ -193,10 +212,29 @@ def models_and_runs(url: str) -> None:
     st.dataframe(summary("validation_runs", url), hide_index=True)
 
 
+def signed_in() -> bool:
+    """With an [auth] section in .streamlit/secrets.toml (OIDC), only a signed-in user sees
+    anything; without one the app relies on where it listens (127.0.0.1 by default)."""
+    try:
+        configured = "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        configured = False
+    if not configured:
+        return True
+    if not st.user.is_logged_in:
+        st.info("Sign in to see the customer segments.")
+        st.button("Log in", on_click=st.login)
+        return False
+    st.sidebar.button("Log out", on_click=st.logout)
+    return True
+
+
 def main() -> None:
     st.title("Customer segments")
+    if not signed_in():
+        return
     try:
-        url = resolve_url(load_settings())
+        url = app_database(load_settings())[0]
         engine = get_engine(url)
         tabs = st.tabs(["Overview", "Lookup", "Predict", "Models and runs"])
         with tabs[0]:

@@ -8,16 +8,21 @@ import pandas as pd
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
-from segmentation.db import conninfo, sa_engine
+from segmentation.db import conninfo, sa_engine, set_role
 from segmentation.features import FEATURES
 
 
-def app_engine(url: str) -> Engine:
+def app_engine(url: str, role: str | None = None) -> Engine:
     """The app's engine: pre-pinged, pooled for many concurrent sessions (a lookup holds a
-    connection for a few milliseconds)."""
-    return sa_engine(url, pool_size=10, max_overflow=40)
+    connection for a few milliseconds); every session switched to `role` first."""
+    engine = sa_engine(url, pool_size=10, max_overflow=40)
+    if role:
+        @event.listens_for(engine, "connect")
+        def _switch(dbapi_connection: psycopg.Connection, _record: object) -> None:
+            set_role(dbapi_connection, role)
+    return engine
 
 
 def champion_segments(engine: Engine) -> pd.DataFrame:
@@ -86,13 +91,14 @@ LOOKUP = ("SELECT s.segment_id, s.segment_name, s.model_version, s.scored_at, c.
           " WHERE s.customer_id = %s")
 
 
-def lookup_pool(url: str, max_size: int = 50) -> ConnectionPool:
+def lookup_pool(url: str, max_size: int = 50, role: str | None = None) -> ConnectionPool:
     """Autocommit connections for one-row lookups: a prepared statement, and no reset or
     ping round trip per call (after a server restart the dead connections are swept out
-    and the lookup retried once)."""
+    and the lookup retried once); each switched to `role` when it opens."""
     return ConnectionPool(conninfo(url), min_size=4, max_size=max_size, open=True,
                           kwargs={"autocommit": True, "prepare_threshold": 0,
                                   "row_factory": dict_row},
+                          configure=(lambda conn: set_role(conn, role)) if role else None,
                           name="lookups")
 
 
@@ -136,12 +142,18 @@ def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
         " ORDER BY started_at DESC LIMIT :n"), engine, params={"n": limit})
 
 
-def export_segments(engine: Engine, segment_ids: list[int]) -> pd.DataFrame:
-    """Current segment of the customers in the chosen segments (for CSV download)."""
-    return pd.read_sql(text(
-        "SELECT customer_id, segment_id, segment_name, model_version, scored_at"
-        " FROM customer_segments WHERE segment_id = ANY(:ids) ORDER BY customer_id"),
-        engine, params={"ids": segment_ids})
+def export_segments(engine: Engine, segment_ids: list[int], who: str) -> pd.DataFrame:
+    """Current segment of the customers in the chosen segments (for CSV download), recorded
+    in export_log (who, which segments, how many rows; not the rows) in the same
+    transaction: no export without its record."""
+    with engine.begin() as conn:
+        frame = pd.read_sql(text(
+            "SELECT customer_id, segment_id, segment_name, model_version, scored_at"
+            " FROM customer_segments WHERE segment_id = ANY(:ids) ORDER BY customer_id"),
+            conn, params={"ids": segment_ids})
+        conn.execute(text("SELECT record_export(:who, CAST(:ids AS smallint[]), :n)"),
+                     {"who": who, "ids": segment_ids, "n": len(frame)})
+    return frame
 
 
 def movement_last_run(engine: Engine) -> pd.DataFrame:

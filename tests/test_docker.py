@@ -52,3 +52,15 @@ def test_app_and_worker_commands_exist_here() -> None:
     help_ = subprocess.run([sys.executable, "-m", "prefect", *worker[1:], "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--pool" in help_.stdout
+
+
+def test_the_app_gets_its_own_login_and_only_the_hosts_loopback() -> None:
+    app = compose()["services"]["app"]
+    env = app["environment"]
+    assert "SEGMENTATION_DATABASE_URL" not in env  # no owner URL in the app's reach
+    assert env["SEGMENTATION_APP_DATABASE_URL"].startswith(
+        "postgresql+psycopg://segmentation_app:${APP_PASSWORD}@")
+    assert all(str(port).startswith("127.0.0.1:") for port in app["ports"])
+    assert all(volume.endswith(":ro") for volume in app["volumes"])
+    assert "SEGMENTATION_APP_PASSWORD" in compose()["x-app-env"]
+    assert "APP_PASSWORD=" in (ROOT / "docker" / ".env.example").read_text()

@@ -48,6 +48,9 @@ def test_killing_the_app_by_its_pid_stops_the_server(db: str, tmp_path: Path,
     app = cli(["app", "--port", str(port)], env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", 60)
+        listens = {c.laddr.ip for c in psutil.Process(app.pid).net_connections("inet")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listens == {"127.0.0.1"}, f"the app listens beyond loopback: {listens}"
         family = [app.pid, *(c.pid for c in psutil.Process(app.pid).children(recursive=True))]
         os.kill(app.pid, sig)  # what ops do with the pid they see
         app.wait(30)

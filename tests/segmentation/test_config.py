@@ -22,7 +22,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("SEGMENTATION_HOME", str(tmp_path))
     monkeypatch.delenv("SEGMENTATION_MODELS_DIR", raising=False)
     settings = load_settings()
-    assert settings.database_url == "postgresql+psycopg://u@h/d"
+    assert settings.database_url is not None  # a secret: never shown by repr or logs
+    assert settings.database_url.get_secret_value() == "postgresql+psycopg://u@h/d"
+    assert "u@h" not in repr(settings)
     assert settings.models_path == tmp_path / "models"
 
 
