@@ -70,7 +70,8 @@ def db_url() -> None:
 
     from segmentation.config import mask_url
 
-    url = _url()
+    settings = _settings()
+    url = _url(settings)
     typer.echo(mask_url(url))
     parsed = make_url(url)
     host = parsed.query.get("host") or parsed.host or "localhost"
@@ -79,6 +80,11 @@ def db_url() -> None:
         parts.append(f"-p {parsed.port}")
     parts.append(str(parsed.database))
     typer.echo(" ".join(parts))
+    if settings.database_url is None:  # the embedded server wants its generated password
+        from segmentation.embedded import PASSWORD_FILE
+
+        typer.echo(f"password: in {settings.home / PASSWORD_FILE} (e.g. "
+                   f"PGPASSWORD=$(cat {settings.home / PASSWORD_FILE}) psql ...)")
 
 
 @db_app.command("stop")

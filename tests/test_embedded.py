@@ -23,3 +23,63 @@ def test_demo_on_the_embedded_default(tmp_path: Path, prefect_api: str) -> None:
     finally:
         stopped = run_cli("db", "stop", env=env)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
+
+
+@pytest.fixture(scope="module")
+def embedded_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A private embedded server for this module, stopped at the end."""
+    from segmentation.embedded import ensure_embedded, stop_embedded
+
+    home = tmp_path_factory.mktemp("embedded")
+    url = ensure_embedded(home)
+    try:
+        yield home, url
+    finally:
+        stop_embedded(home)
+
+
+def test_the_embedded_server_wants_its_password(embedded_home) -> None:  # type: ignore[no-untyped-def]
+    """Another local user (or process) on the socket without the password is refused; the
+    password lives in SEGMENTATION_HOME, readable by its owner only."""
+    import stat
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from segmentation.db import conninfo
+    from segmentation.embedded import PASSWORD_FILE, pgdata_path
+
+    home, url = embedded_home
+    secret = home / PASSWORD_FILE
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) & 0o066 == 0  # nobody else lists or reads it
+    if os.geteuid() != 0:  # (as root the server's own user must traverse it: 0711)
+        assert stat.S_IMODE(home.stat().st_mode) & 0o077 == 0
+    with psycopg.connect(conninfo(url)) as conn:  # the URL the CLI resolves carries it
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                            ).fetchone() == (True,)
+    anonymous = make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(conninfo(anonymous)).close()
+    wrong = make_url(url).set(password="guess").render_as_string(hide_password=False)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(conninfo(wrong)).close()
+    socket_dir = make_url(url).query["host"]
+    assert stat.S_IMODE(Path(socket_dir).stat().st_mode) & 0o077 == 0, \
+        "the socket's directory is reachable by other users"
+    hba = (pgdata_path(home) / "pg_hba.conf").read_text()
+    assert "trust" not in "\n".join(line for line in hba.splitlines()
+                                    if not line.lstrip().startswith("#"))
+
+
+def test_a_data_directory_of_another_major_version_is_refused(tmp_path: Path) -> None:
+    from segmentation.embedded import ensure_embedded, pgdata_path
+    from segmentation.errors import SegmentationError
+
+    pgdata = pgdata_path(tmp_path)
+    pgdata.mkdir(mode=0o700)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    with pytest.raises(SegmentationError, match=r"created by PostgreSQL 15.*bundles "
+                                                 r"PostgreSQL 18.*not upgraded"):
+        ensure_embedded(tmp_path)
+    assert (pgdata / "PG_VERSION").read_text() == "15\n"  # left as it was
