@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import dask_task_runner, database_url, db_task, flow_settings, flow_timeout_s
 from flows.validate import report_drift, validate_pending
-from segmentation import drift, registry, reports, scoring
+from segmentation import drift, privacy, registry, reports, scoring
 from segmentation.clustering import SegmentationModel
 from segmentation.config import Settings
 from segmentation.db import connection
@@ -138,6 +138,13 @@ def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool 
     return summary
 
 
+@db_task
+def apply_retention(quarantine_days: int, history_days: int) -> str:
+    """Delete quarantined raw rows and history past their retention; say what went."""
+    with connection(database_url()) as conn:
+        return privacy.apply_retention(conn, quarantine_days, history_days).summary()
+
+
 @flow(name="nightly", log_prints=True, timeout_seconds=flow_timeout_s())
 def nightly(mode: Literal["full", "incremental"] = "incremental", partitions: int = 1) -> str:
     """The nightly job: validate pending batches, score and publish, then report drift
@@ -145,6 +152,8 @@ def nightly(mode: Literal["full", "incremental"] = "incremental", partitions: in
     settings = flow_settings()
     validated, alerts = validate_pending(settings)
     summary, mix = run_scoring(settings, mode, True, partitions)
-    summary = "\n".join([*validated, summary])
+    retention = apply_retention(settings.quarantine_retention_days,
+                                settings.history_retention_days)
+    summary = "\n".join([*validated, summary, retention])
     report_drift(alerts + mix, summary)
     return summary

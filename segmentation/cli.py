@@ -290,6 +290,35 @@ def nightly(
                             partitions=partitions))
 
 
+customers_app = typer.Typer(help="Customers: forget (erasure).", no_args_is_help=True)
+app.add_typer(customers_app, name="customers")
+
+
+@customers_app.command("forget")
+def customers_forget(
+    ids: Annotated[list[str] | None, typer.Argument(help="Customer ids to erase.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A file of ids, one per line.")] = None,
+) -> None:
+    """Erase customers from every table that holds them, in one transaction; the erasure is
+    recorded (when, how many, salted hashes of the ids), never the ids."""
+    wanted = list(ids or [])
+    if file is not None:
+        try:
+            wanted += [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise SegmentationError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    if not any(i.strip() for i in wanted):
+        raise SegmentationError("give customer ids, or --file with one id per line")
+    import getpass
+
+    from segmentation.db import connection
+    from segmentation.privacy import forget_customers
+
+    with connection(_url()) as conn:
+        erasure = forget_customers(conn, wanted, f"cli: {getpass.getuser()}")
+    typer.echo(erasure.summary())
+
+
 alerts_app = typer.Typer(help="Prefect automations that notify ops.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 

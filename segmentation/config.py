@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     lock_wait_s: float = Field(
         default=1800, ge=0,
         description="How long a run waits behind another scoring run or a batch's validation.")
+    quarantine_retention_days: int = Field(
+        default=90, ge=0, description="Quarantined raw rows older than this are deleted by the"
+        " nightly run (0: kept).")
+    history_retention_days: int = Field(
+        default=730, ge=0, description="Segment history older than this is deleted by the"
+        " nightly run (0: kept).")
     flow_timeout_s: float = Field(
         default=4 * 3600, gt=0, description="A flow run longer than this is stopped as failed.")
 

@@ -30,7 +30,8 @@ ADMIN_URL = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATA_TABLES = ("segment_history", "segment_assignments", "scoring_runs", "segment_profiles",
                "validation_runs", "customers_quarantine", "customers_incoming",
-               "segment_name_overrides", "champion_log", "drift_alerts", "model_versions",
+               "segment_name_overrides", "champion_log", "drift_alerts", "erasures",
+               "export_log", "model_versions",
                "customers", "ingest_batches", "scoring_stage")
 
 

@@ -12,7 +12,7 @@ from tests.helpers import query, run_cli
 VERBS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "stop"], ["generate"], ["ingest"],
          ["train"], ["score"], ["models"], ["models", "list"], ["models", "show"],
          ["models", "promote"], ["models", "rollback"], ["models", "rename"],
-         ["models", "history"], ["demo"],
+         ["models", "history"], ["customers"], ["customers", "forget"], ["demo"],
          ["app"], ["validate"], ["nightly"], ["batches"], ["batches", "list"],
          ["batches", "discard"]]
 
@@ -265,3 +265,21 @@ def test_planted_pickle_fails_the_run_with_one_line(db: str, trained, models_dir
     one_line_error(run_cli("score", env=env), "is not a model file written by this registry")
     assert not marker.exists()
     assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+
+
+def test_forget_from_the_cli(db: str, synthetic_csv: Path, tmp_path: Path) -> None:
+    from tests.helpers import load_batch
+
+    load_batch(db, synthetic_csv)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("C00000003\n\nC00000004\n")
+    result = run_cli("customers", "forget", "C00000002", "--file", str(ids),
+                     env=cli_env(db, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "3 customer id(s) forgotten" in result.stdout and "customers 3" in result.stdout
+    assert query(db, "SELECT count(*) FROM customers WHERE customer_id IN"
+                     " ('C00000002', 'C00000003', 'C00000004')") == [(0,)]
+    one_line_error(run_cli("customers", "forget", env=cli_env(db, tmp_path)),
+                   "give customer ids")
+    one_line_error(run_cli("customers", "forget", "--file", str(tmp_path / "none.txt"),
+                           env=cli_env(db, tmp_path)), "cannot be read")

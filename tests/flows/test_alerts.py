@@ -86,6 +86,8 @@ def test_drift_never_stops_the_night(db: str, models_dir, prefect_api: str, synt
     message = str(drifted.value)
     assert "5,000 in, 5,000 scored" in message  # the night's work is in the message too
     assert f"drift: batch {batch}: major drift (PSI >= 0.25) in balance" in message
+    assert "retention: removed 0 quarantined row(s) older than 90 days; 0 history row(s)" \
+        " older than 730 days" in message  # the nightly run applies retention, and says so
     # scored and published: every customer, the shifted ones with tonight's values
     assert query(db, "SELECT count(*) FROM customer_segments") == [(5_000,)]
     assert query(db, "SELECT status FROM scoring_runs") == [("succeeded",)]

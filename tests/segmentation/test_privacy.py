@@ -1,0 +1,94 @@
+"""Erasure and retention: a forgotten customer is nowhere; old raw rows and history go."""
+
+from pathlib import Path
+
+import pytest
+
+from segmentation import privacy, scoring
+from segmentation.db import connection
+from segmentation.errors import SegmentationError
+from segmentation.ingest import ingest_csv
+from segmentation.validation import validate_batch
+from tests.helpers import load_batch, query, register_champion
+
+TABLES = (*privacy.CUSTOMER_TABLES, "customer_segments")
+
+
+@pytest.fixture
+def everywhere(db: str, trained, models_dir: Path, synthetic_csv: Path, tmp_path: Path) -> str:
+    """Customer C00000007 in customers, published, in history, quarantined (a later batch
+    with a broken tenure, quoted in the validation's examples) and in a landed batch."""
+    load_batch(db, synthetic_csv)
+    scoring.score_customers(db, register_champion(db, trained, models_dir, "m-gdpr-1"),
+                            mode="full")
+    lines = synthetic_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    target = next(line for line in lines[1:] if line.startswith('"C00000007",'))
+    broken = target.split(",")
+    broken[header.index("TENURE")] = "99"
+    batch = tmp_path / "broken.csv"
+    batch.write_text("\n".join([lines[0], ",".join(broken), *lines[100:160]]) + "\n")
+    report = validate_batch(db, ingest_csv(db, batch).batch_id)
+    assert report.rows_quarantined == 1
+    ingest_csv(db, batch)  # landed again, not validated
+    return "C00000007"
+
+
+def holders(db: str, customer_id: str) -> dict[str, int]:
+    counts = {t: query(db, f"SELECT count(*) FROM {t} WHERE customer_id = %s",
+                       (customer_id,))[0][0] for t in TABLES}
+    counts["validation_runs"] = query(
+        db, "SELECT count(*) FROM validation_runs WHERE strpos(failures::text ||"
+            " warnings::text || gx_summary::text, %s) > 0", (repr(customer_id),))[0][0]
+    return counts
+
+
+def test_forget_removes_a_customer_from_every_table_and_keeps_a_trace(db: str,
+                                                                      everywhere: str) -> None:
+    before = holders(db, everywhere)
+    assert all(before.values()), before  # held everywhere before
+    others = query(db, "SELECT count(*) FROM customers WHERE customer_id <> %s", (everywhere,))
+    with connection(db) as conn:
+        erasure = privacy.forget_customers(conn, [everywhere, "NEVER-SEEN"], "test")
+    assert set(holders(db, everywhere).values()) == {0}
+    assert query(db, "SELECT count(*) FROM customers WHERE customer_id <> %s",
+                 (everywhere,)) == others
+    assert erasure.rows_removed["customers"] == 1 and erasure.customers == 2
+    row = query(db, "SELECT requested_by, customers, id_hashes::text, rows_removed::text"
+                    " FROM erasures")
+    assert len(row) == 1 and row[0][:2] == ("test", 2)
+    assert everywhere not in str(row)  # only salted hashes of the ids
+    with connection(db) as conn:
+        assert privacy.was_erased(conn, everywhere)
+        assert not privacy.was_erased(conn, "C00000008")
+
+
+def test_forget_is_all_or_nothing(db: str, everywhere: str, monkeypatch) -> None:
+    before = holders(db, everywhere)
+    monkeypatch.setattr(privacy, "CUSTOMER_TABLES", (*privacy.CUSTOMER_TABLES, "no_such_table"))
+    with connection(db) as conn, pytest.raises(Exception, match="no_such_table"):
+        privacy.forget_customers(conn, [everywhere], "test")
+    assert holders(db, everywhere) == before
+    assert query(db, "SELECT count(*) FROM erasures") == [(0,)]
+
+
+def test_retention_removes_only_what_is_older(db: str, everywhere: str) -> None:
+    with connection(db) as conn:
+        conn.execute("UPDATE customers_quarantine SET quarantined_at = now() - interval '91 days'")
+        conn.execute("UPDATE segment_history SET changed_at = now() - interval '800 days'"
+                     " WHERE customer_id < 'C00000100'")
+    old_history = query(db, "SELECT count(*) FROM segment_history WHERE changed_at <"
+                            " now() - interval '730 days'")[0][0]
+    total = query(db, "SELECT count(*) FROM segment_history")[0][0]
+    with connection(db) as conn:
+        kept = privacy.apply_retention(conn, 0, 0)
+        assert kept.summary() == "retention: off"
+        done = privacy.apply_retention(conn, 90, 730)
+    assert (done.quarantined_removed, done.history_removed) == (1, old_history) and old_history
+    assert query(db, "SELECT count(*) FROM segment_history") == [(total - old_history,)]
+    assert "1 quarantined row(s) older than 90 days" in done.summary()
+
+
+def test_forget_needs_an_id(db: str) -> None:
+    with connection(db) as conn, pytest.raises(SegmentationError, match="no customer id"):
+        privacy.forget_customers(conn, ["  "], "test")
