@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-fast reliability lint typecheck check bench app clean
+.PHONY: install demo test test-fast reliability lint typecheck check bench app clean lock
 
-$(BIN)/segmentation: pyproject.toml
+# Installs exactly the locked versions, each checked against its sha256 (requirements-dev.lock,
+# generated from pyproject.toml by `make lock`), then the package itself without dependencies.
+$(BIN)/segmentation: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
 install: $(BIN)/segmentation           ## create .venv and install the package + dev tools
@@ -41,6 +44,12 @@ bench: install                         ## 1M rows: validation, scoring, app look
 
 app: install
 	$(BIN)/segmentation app
+
+lock: install                          ## re-resolve the lock files after editing pyproject.toml
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
+		-o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

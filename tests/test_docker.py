@@ -27,6 +27,26 @@ def test_compose_names_the_services_with_health_checks_and_volumes() -> None:
     assert "POSTGRES_PASSWORD=" in example
 
 
+def test_one_locked_build_for_every_service() -> None:
+    """The worker and the app run the image migrate builds, installed from the hash-checked
+    lock (a rebuilt image has yesterday's versions, so it loads yesterday's models)."""
+    services = compose()["services"]
+    built = [name for name, spec in services.items() if "build" in spec]
+    assert built == ["migrate"]
+    images = {services[name]["image"] for name in ("migrate", "worker", "app")}
+    assert images == {"segmentation:${TAG:-local}"}
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    lock = (ROOT / "requirements.lock").read_text()
+    for line in lock.splitlines():  # every pin carries its hashes
+        if "==" in line and not line.lstrip().startswith("#"):
+            assert line.rstrip().endswith("\\"), line
+    assert lock.count("--hash=sha256:") >= lock.count("==")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes -r requirements-dev.lock" in makefile
+
+
 def test_dockerfile_copies_what_the_package_needs() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     for path in ("segmentation", "flows", "streamlit_app", "sql", "prefect.yaml",
