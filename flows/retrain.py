@@ -13,6 +13,7 @@ from flows.common import database_url, db_task, flow_settings, flow_timeout_s
 from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
+from segmentation.errors import LegacyModel
 
 
 @db_task
@@ -22,10 +23,17 @@ def load_training_frame(sample_size: int | None, random_state: int) -> pd.DataFr
 
 
 @db_task
-def load_champion() -> SegmentationModel | None:
-    """The current champion, to align segment ids with (None on the first run)."""
+def load_champion() -> tuple[SegmentationModel | None, str | None]:
+    """The current champion, to align segment ids with (None on the first run), and why a
+    champion could not be used (an earlier release's pickle, never loaded)."""
     with connection(database_url()) as conn:
-        return registry.load_version(conn) if registry.champion_version(conn) else None
+        if registry.champion_version(conn) is None:
+            return None, None
+        try:
+            return registry.load_version(conn), None
+        except LegacyModel as exc:
+            return None, (f"{exc}; its segment ids cannot be carried over, so this version "
+                          "starts afresh and is promoted only with --force")
 
 
 @task(cache_policy=NO_CACHE)
@@ -65,8 +73,10 @@ def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
     """Retrain the segmentation; the new version becomes champion only through the gates."""
     settings = flow_settings()
     frame = load_training_frame(sample_size, settings.random_state)
-    champion = load_champion()
+    champion, unusable = load_champion()
     result = fit_model(frame, k, sample_size, settings.random_state, champion)
+    if unusable:  # a gate like the others: ops decide with --force
+        result.gate_failures.append(unusable)
     saved = save_model(result, str(settings.models_path))
     status = register_model(saved, result, force)
     names = segment_names(saved.version)

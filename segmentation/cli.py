@@ -587,10 +587,10 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except psycopg.OperationalError as exc:
-        from segmentation.config import mask_url
+        from segmentation.config import mask_secrets
 
-        text = mask_url(str(exc)) if "://" in str(exc) else str(exc)
-        typer.echo(f"error: database: {text.strip().splitlines()[0]}", err=True)
+        text = mask_secrets(str(exc).strip()).splitlines() or [type(exc).__name__]
+        typer.echo(f"error: database: {text[0]}", err=True)
         sys.exit(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -78,3 +79,12 @@ def mask_url(url: str) -> str:
     except Exception:
         return "<unparseable database URL>"
     return parsed.difference_update_query(["options"]).render_as_string(hide_password=True)
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)([^\s@]*)(@)", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """Any text (an error message) with the password of every URL in it hidden; the rest
+    of the text is kept as it is."""
+    return _URL_PASSWORD.sub(r"\1***\3", text)

@@ -17,6 +17,10 @@ class ModelError(SegmentationError):
     """No usable model: missing, tampered with, or from another scikit-learn."""
 
 
+class LegacyModel(ModelError):
+    """A model saved as a pickle by an earlier release: never loaded."""
+
+
 class DriftDetected(SegmentationError):
     """Data or segment mix moved past the major-shift PSI band: the model may be stale."""
 

@@ -30,7 +30,7 @@ import sklearn
 from psycopg.types.json import Json
 
 from segmentation.clustering import SegmentationModel
-from segmentation.errors import ModelError, SegmentationError
+from segmentation.errors import LegacyModel, ModelError, SegmentationError
 from segmentation.features import FEATURES
 from segmentation.tree import export_rules
 
@@ -265,9 +265,9 @@ def load_version(conn: psycopg.Connection, version: str | None = None,
     path = folder / MODEL_FILE
     if not path.is_file():
         if (folder / LEGACY_FILE).is_file():
-            raise ModelError(f"model {version} is a pickle from an earlier release, which is "
-                             "never loaded (it could run code): retrain with "
-                             "`segmentation train`")
+            raise LegacyModel(f"model {version} is a pickle from an earlier release, which is "
+                              "never loaded (it could run code): retrain with "
+                              "`segmentation train --force`")
         raise ModelError(f"model {version}: file {path} is missing")
     data = path.read_bytes()  # read once: the bytes checked are the bytes loaded
     actual = hashlib.sha256(data).hexdigest()

@@ -14,10 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run` from a checkout
 
 from segmentation.clustering import SegmentationModel
-from segmentation.config import load_settings, mask_url
+from segmentation.config import load_settings, mask_secrets, mask_url
 from segmentation.contract import CASH_ADVANCE_FREQUENCY_MAX
 from segmentation.db import app_database, connection, set_role
-from segmentation.errors import SegmentationError
+from segmentation.errors import ModelError, SegmentationError
 from segmentation.features import COUNTS, FEATURES, FREQUENCIES
 from streamlit_app import data
 
@@ -246,12 +246,14 @@ def main() -> None:
         with tabs[3]:
             models_and_runs(url)
         st.caption(f"database: {mask_url(url)}")
+    except ModelError as exc:  # the data is there; the champion's file is not usable
+        st.error(f"The champion model cannot be used: {exc}")
     except (SQLAlchemyError, SegmentationError) as exc:
         message = str(exc).splitlines()[0]
         if "does not exist" in message and "relation" in message:
             st.error("The database has no schema yet: run `segmentation db migrate`.")
         else:
-            st.error(f"The database is not reachable or not ready: {mask_url(message)}")
+            st.error(f"The database is not reachable or not ready: {mask_secrets(message)}")
 
 
 main()

@@ -122,3 +122,14 @@ def test_a_rename_shows_at_once_in_every_tab(scored_db: str, trained, synthetic_
             at.number_input(key=f"f_{feature}").set_value(float(value))
     at.button[0].click().run()
     assert at.success[0].value == f"Segment {segment}: Renamed by ops"
+
+
+def test_an_unusable_model_is_named_not_blamed_on_the_database(scored_db: str,
+                                                              models_dir: Path) -> None:
+    """The champion's file is refused (here: an earlier release's pickle): the page says so,
+    instead of calling the database unreachable."""
+    model = models_dir / "m-app-1" / "model.skops"
+    model.rename(model.with_name("model.joblib"))
+    at = run_app()
+    assert at.error and "The champion model cannot be used" in at.error[0].value
+    assert "pickle from an earlier release" in at.error[0].value

@@ -128,3 +128,22 @@ def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic
                                " scoring_runs ORDER BY started_at DESC LIMIT 1")
     assert last_run == [("3", 5_000, 5_000)]
     assert query(flow_env, "SELECT count(*) FROM scoring_stage") == [(0,)]  # scratch dropped
+
+
+def test_a_champion_from_an_earlier_release_does_not_block_the_retrain(
+        flow_env: str, synthetic_csv: Path, models_dir: Path) -> None:
+    """After an upgrade the champion is a pickle, which is never loaded: the retrain still
+    fits, says why it cannot carry the ids over, and is promoted only with --force."""
+    from flows.retrain import retrain
+
+    load_batch(flow_env, synthetic_csv)
+    retrain(k=4)
+    (old,), = query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'")
+    skops = models_dir / old / "model.skops"
+    skops.rename(skops.with_name("model.joblib"))  # as an earlier release left it
+    held = retrain(k=4)
+    assert ": challenger;" in held and "pickle from an earlier release" in held
+    assert query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'") \
+        == [(old,)]
+    forced = retrain(k=4, force=True)
+    assert ": champion;" in forced

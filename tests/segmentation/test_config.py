@@ -37,3 +37,16 @@ def test_invalid_share_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEGMENTATION_QUARANTINE_MAX_SHARE", "1.5")
     with pytest.raises(ValueError, match="quarantine_max_share"):
         Settings()
+
+
+def test_mask_secrets_hides_passwords_in_any_text() -> None:
+    from segmentation.config import mask_secrets
+
+    text = ("cannot connect to postgresql+psycopg://ops:topsecret@db:5432/x; retried"
+            " postgresql://u:p%40ss@h/d")
+    masked = mask_secrets(text)
+    assert "topsecret" not in masked and "p%40ss" not in masked
+    assert masked == ("cannot connect to postgresql+psycopg://ops:***@db:5432/x; retried"
+                      " postgresql://u:***@h/d")
+    plain = "model m1 is a pickle from an earlier release: retrain"
+    assert mask_secrets(plain) == plain  # a message without a URL is kept whole

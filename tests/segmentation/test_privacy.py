@@ -11,6 +11,8 @@ from segmentation.ingest import ingest_csv
 from segmentation.validation import validate_batch
 from tests.helpers import load_batch, query, register_champion
 
+pytestmark = pytest.mark.reliability  # erasure is part of the fault and abuse suite
+
 TABLES = (*privacy.CUSTOMER_TABLES, "customer_segments")
 
 

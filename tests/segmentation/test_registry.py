@@ -256,6 +256,7 @@ def plant(db: str, version: str, path: Path, payload: bytes) -> None:
                      (hashlib.sha256(payload).hexdigest(), version))
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("name", [registry.MODEL_FILE, registry.LEGACY_FILE])
 def test_planted_pickle_with_a_matching_digest_never_runs(db: str, trained, models_dir: Path,
                                                           tmp_path: Path, name: str) -> None:
@@ -271,6 +272,7 @@ def test_planted_pickle_with_a_matching_digest_never_runs(db: str, trained, mode
     assert not marker.exists(), "loading the model ran the attacker's code"
 
 
+@pytest.mark.reliability
 def test_a_skops_file_naming_a_function_is_refused(db: str, trained, models_dir: Path,
                                                    tmp_path: Path) -> None:
     """skops stores references to functions; a file that names one is refused before
@@ -290,6 +292,7 @@ def test_a_skops_file_naming_a_function_is_refused(db: str, trained, models_dir:
         registry.load_version(conn, "m-func")
 
 
+@pytest.mark.reliability
 def test_a_model_folder_outside_the_models_folder_is_refused(db: str, trained,
                                                              models_dir: Path,
                                                              tmp_path: Path) -> None:
