@@ -121,7 +121,7 @@ def overview(url: str) -> None:
 def viewer() -> str:
     """Who is looking: the signed-in user's e-mail, else that nobody signed in."""
     try:
-        email = st.user.get("email") if st.user.is_logged_in else None
+        email = st.user.get("email") if st.user.get("is_logged_in") else None
     except Exception:  # no [auth] configured: st.user knows nobody
         email = None
     return str(email) if email else "anonymous (no login configured)"
@@ -221,7 +221,7 @@ def signed_in() -> bool:
         configured = False
     if not configured:
         return True
-    if not st.user.is_logged_in:
+    if not st.user.get("is_logged_in"):  # (absent, not False, before any sign-in)
         st.info("Sign in to see the customer segments.")
         st.button("Log in", on_click=st.login)
         return False

@@ -103,3 +103,24 @@ def test_exports_are_off_by_default_and_recorded_when_allowed(app_url: str, db: 
     count = query(db, "SELECT count(*) FROM customer_segments WHERE segment_id = 2")[0][0]
     assert query(db, "SELECT exported_by, segments, rows FROM export_log") == \
         [("anonymous (no login configured)", [2], count)]
+
+
+def test_with_auth_configured_nothing_shows_before_sign_in(app_url: str, monkeypatch) -> None:
+    """An [auth] section (OIDC) in the secrets: a visitor sees a sign-in button and no
+    segment, customer or model."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    monkeypatch.setenv("SEGMENTATION_APP_DATABASE_URL", app_url)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback",
+                          "cookie_secret": "x" * 32, "client_id": "segments",
+                          "client_secret": "s", "server_metadata_url":
+                          "https://login.example.invalid/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Log in"]
+    assert any("Sign in" in i.value for i in at.info)
+    assert not at.dataframe and not at.tabs  # nothing of the data before sign-in
