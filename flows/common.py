@@ -1,4 +1,5 @@
-"""Shared flow helpers: settings/URL once per flow run, and DB-task defaults.
+"""Shared flow helpers: settings, the database URL (resolved inside each task) and the
+defaults of tasks that talk to the database.
 
 Flows and tasks never take or return the database URL (it may hold a password, and Prefect
 stores parameters): every task resolves it from its own process's settings.

@@ -15,6 +15,7 @@ from segmentation import drift, privacy, registry, reports, scoring
 from segmentation.clustering import SegmentationModel
 from segmentation.config import Settings
 from segmentation.db import connection
+from segmentation.errors import ModelError
 
 
 def load_model(version: str | None = None) -> SegmentationModel:
@@ -25,8 +26,13 @@ def load_model(version: str | None = None) -> SegmentationModel:
 
 @db_task
 def champion_version() -> str:
-    """The champion's version: what a run scores with (it fails here if there is none)."""
-    return load_model().version
+    """The champion's version: what this run scores with (each task that needs the model
+    loads and checks it itself)."""
+    with connection(database_url()) as conn:
+        version = registry.champion_version(conn)
+    if version is None:
+        raise ModelError("no champion model: run `segmentation train` first")
+    return version
 
 
 @db_task
