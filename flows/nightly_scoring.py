@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
@@ -12,16 +12,24 @@ from prefect.artifacts import create_markdown_artifact
 from flows.common import dask_task_runner, database_url, db_task, flow_settings, flow_timeout_s
 from flows.validate import report_drift, validate_pending
 from segmentation import drift, privacy, registry, reports, scoring
-from segmentation.clustering import SegmentationModel
 from segmentation.config import Settings
 from segmentation.db import connection
 from segmentation.errors import ModelError
+from segmentation.progress import track
+
+if TYPE_CHECKING:
+    from segmentation.clustering import SegmentationModel
 
 
 def load_model(version: str | None = None) -> SegmentationModel:
     """A version (default: the champion), sha256-checked, loaded where it is used."""
     with connection(database_url()) as conn:
         return registry.load_version(conn, version)
+
+
+def deferred_model(version: str) -> registry.DeferredModel:
+    """The version, loaded only if this task has rows to score."""
+    return registry.DeferredModel(version, lambda: load_model(version))
 
 
 @db_task
@@ -39,14 +47,11 @@ def champion_version() -> str:
 def score_customers(model_version: str, mode: Literal["full", "incremental"],
                     chunk_rows: int, wait: bool, wait_timeout_s: float) -> scoring.ScoreResult:
     """Stream, classify and publish in one transaction (safe to retry: all or nothing)."""
-    logger = get_run_logger()
-
-    def progress(rows: int, seconds: float) -> None:
-        logger.info("scored %s rows (%.0f rows/s)", f"{rows:,}", rows / max(seconds, 1e-9))
-
-    return scoring.score_customers(database_url(), load_model(model_version), mode=mode,
-                                   chunk_rows=chunk_rows, wait=wait,
-                                   wait_timeout_s=wait_timeout_s, progress=progress)
+    with track("scoring", log=get_run_logger().info) as update:
+        return scoring.score_customers(database_url(), deferred_model(model_version),
+                                       mode=mode, chunk_rows=chunk_rows, wait=wait,
+                                       wait_timeout_s=wait_timeout_s,
+                                       progress=lambda rows, _s: update(rows))
 
 
 @db_task
@@ -61,13 +66,10 @@ def score_partition(model_version: str, mode: Literal["full", "incremental"], ru
                     since: datetime | None) -> scoring.PartitionResult:
     """Score one hash partition into scoring_stage (a retry replaces the partition)."""
     logger = get_run_logger()
-
-    def progress(rows: int, seconds: float) -> None:
-        logger.info("partition %d/%d: %s rows (%.0f rows/s)", part + 1, parts, f"{rows:,}",
-                    rows / max(seconds, 1e-9))
-
-    staged = scoring.stage_partition(database_url(), load_model(model_version), mode, run_id,
-                                     part, parts, chunk_rows, since, progress)
+    with track(f"partition {part + 1}/{parts}", log=logger.info) as update:
+        staged = scoring.stage_partition(database_url(), deferred_model(model_version), mode,
+                                         run_id, part, parts, chunk_rows, since,
+                                         lambda rows, _s: update(rows))
     logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
                 f"{staged.rows:,}", staged.seconds)
     return staged
@@ -79,7 +81,7 @@ def publish_partitions(model_version: str, mode: Literal["full", "incremental"],
                        wait_timeout_s: float, started_at: datetime) -> scoring.ScoreResult:
     """Publish all staged partitions in one transaction (all or nothing; a retry of a
     published run returns its record)."""
-    return scoring.publish_staged(database_url(), load_model(model_version), mode, run_id,
+    return scoring.publish_staged(database_url(), deferred_model(model_version), mode, run_id,
                                   staged, wait=wait, wait_timeout_s=wait_timeout_s,
                                   started_at=started_at)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -14,6 +14,7 @@ from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
 from segmentation.errors import LegacyModel
+from segmentation.progress import track
 
 
 @db_task
@@ -40,8 +41,10 @@ def load_champion() -> tuple[SegmentationModel | None, str | None]:
 def fit_model(df: pd.DataFrame, k: int | Literal["auto"], sample_size: int | None,
               random_state: int, champion: SegmentationModel | None) -> training.TrainingResult:
     """Fit the pipeline and the rules tree."""
-    return training.train_model(df, registry.new_version(), k=k, sample_size=sample_size,
-                                random_state=random_state, champion=champion)
+    with track("training", unit="steps", log=get_run_logger().info) as step:
+        return training.train_model(df, registry.new_version(), k=k, sample_size=sample_size,
+                                    random_state=random_state, champion=champion,
+                                    progress=step)
 
 
 @task(cache_policy=NO_CACHE)

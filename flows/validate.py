@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
@@ -11,6 +11,7 @@ from segmentation import drift, reports, validation
 from segmentation.config import Settings
 from segmentation.db import connection
 from segmentation.errors import DriftDetected, ValidationFailed
+from segmentation.progress import track
 from segmentation.registry import champion_reference, champion_version
 
 
@@ -31,9 +32,10 @@ def validate_one(batch_id: str, max_share: float,
     with connection(url) as conn:
         reference = champion_reference(conn)
     try:
-        return validation.validate_batch(url, batch_id, reference=reference,
-                                         max_quarantine_share=max_share,
-                                         lock_wait_s=lock_wait_s)
+        with track(f"validating {batch_id}", unit="steps", log=get_run_logger().info) as step:
+            return validation.validate_batch(url, batch_id, reference=reference,
+                                             max_quarantine_share=max_share,
+                                             lock_wait_s=lock_wait_s, progress=step)
     except validation.AlreadyValidated as exc:
         return str(exc)
 

@@ -25,8 +25,11 @@ app = typer.Typer(help="Customer segmentation scored every night.", no_args_is_h
 db_app = typer.Typer(help="The database: migrate, connect, stop the embedded server.",
                      no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+prefect_app = typer.Typer(help="The local Prefect server kept under SEGMENTATION_HOME "
+                          "(used when PREFECT_API_URL is unset).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(prefect_app, name="prefect")
 
 
 def _settings() -> Settings:
@@ -41,6 +44,58 @@ def _url(settings: Settings | None = None) -> str:
     from segmentation.db import resolve_url
 
     return resolve_url(settings or _settings())
+
+
+def _prefect_api(settings: Settings | None = None) -> str:
+    """The Prefect API flows report to: PREFECT_API_URL, else the kept local server (started
+    on first use, reused afterwards). Called before Prefect is imported."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return configured
+    from segmentation.prefect_server import ensure_prefect_server
+
+    server, started = ensure_prefect_server((settings or _settings()).home)
+    if started:
+        typer.echo(f"started the local Prefect server: {server.ui_url} "
+                   "(`segmentation prefect stop` stops it)", err=True)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server.api_url
+
+
+@prefect_app.command("status")
+def prefect_status() -> None:
+    """Whether the kept Prefect server runs, and where its UI is."""
+    from segmentation.prefect_server import read_state, running_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"PREFECT_API_URL is set: flows report to {os.environ['PREFECT_API_URL']}")
+    home = _settings().home
+    server = running_server(home)
+    if server is None:
+        stale = read_state(home)
+        typer.echo("the local Prefect server is not running" + (
+            f" (last on port {stale.port})" if stale else "")
+            + "; the next flow command starts it")
+        raise typer.Exit(1)
+    typer.echo(f"running (pid {server.pid}): UI {server.ui_url}, API {server.api_url}")
+
+
+@prefect_app.command("start")
+def prefect_start() -> None:
+    """Start the kept Prefect server now (flow commands otherwise start it on first use)."""
+    from segmentation.prefect_server import ensure_prefect_server
+
+    server, started = ensure_prefect_server(_settings().home)
+    typer.echo(f"{'started' if started else 'already running'}: UI {server.ui_url}")
+
+
+@prefect_app.command("stop")
+def prefect_stop() -> None:
+    """Stop the kept Prefect server (its runs stay in its database for next time)."""
+    from segmentation.prefect_server import stop_prefect_server
+
+    typer.echo("stopped" if stop_prefect_server(_settings().home)
+               else "the local Prefect server was not running")
 
 
 @db_app.command("migrate")
@@ -130,7 +185,11 @@ def ingest(
     settings = _settings()
     url = _url(settings)
     if path is not None:
-        result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding)
+        from segmentation.progress import track
+
+        with track(f"loading {path.name}") as update:
+            result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding,
+                                progress=update)
     else:
         result = ingest_table(url, str(table))
     for warning in result.warnings:
@@ -147,6 +206,7 @@ def _validate(batch_ids: list[str], url: str, settings: Settings, docs: bool = F
     batch drifted (accepted all the same, the alert recorded in drift_alerts)."""
     from segmentation.db import connection
     from segmentation.drift import feature_alert, record_alerts
+    from segmentation.progress import track
     from segmentation.registry import champion_reference, champion_version
     from segmentation.validation import validate_batch
 
@@ -156,9 +216,10 @@ def _validate(batch_ids: list[str], url: str, settings: Settings, docs: bool = F
     failed, alerts = [], []
     for batch_id in batch_ids:
         docs_dir = settings.home / "gx_docs" if docs else None
-        report = validate_batch(url, batch_id, reference=reference, docs_dir=docs_dir,
-                                max_quarantine_share=settings.quarantine_max_share,
-                                lock_wait_s=settings.lock_wait_s)
+        with track(f"validating {batch_id}", unit="steps") as step:
+            report = validate_batch(url, batch_id, reference=reference, docs_dir=docs_dir,
+                                    max_quarantine_share=settings.quarantine_max_share,
+                                    lock_wait_s=settings.lock_wait_s, progress=step)
         typer.echo(report.summary(), err=not report.success)
         if docs_dir is not None:
             typer.echo(f"data docs: {docs_dir / 'index.html'}")
@@ -250,6 +311,7 @@ def train(
         raise SegmentationError(f"--k must be an integer in 2..20 or 'auto', got {k!r}")
     if sample_size < 50:
         raise SegmentationError(f"--sample-size must be at least 50, got {sample_size}")
+    _prefect_api()
     from flows.retrain import retrain  # checked first: Prefect takes seconds to import
 
     k_value: int | Literal["auto"] = "auto" if k == "auto" else int(k)
@@ -268,6 +330,7 @@ def score(
     published segment mix drifted."""
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    _prefect_api()
     from flows.nightly_scoring import score_flow
 
     typer.echo(score_flow(mode=cast(Literal["full", "incremental"], mode), wait=wait,
@@ -284,6 +347,7 @@ def nightly(
     if data or segment mix drifted (everything is published first)."""
     if mode not in ("full", "incremental"):
         raise SegmentationError(f"--mode must be full or incremental, got {mode!r}")
+    _prefect_api()
     from flows.nightly_scoring import nightly as nightly_flow
 
     typer.echo(nightly_flow(mode=cast(Literal["full", "incremental"], mode),
@@ -474,12 +538,17 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
 ) -> None:
     """Generate, migrate, ingest, train, score, and print the segments."""
+    import threading
+
     from segmentation.config import mask_url
     from segmentation.db import apply_migrations
     from segmentation.generate import generate_csv
     from segmentation.ingest import ingest_csv
 
     settings = _settings()
+    # Prefect's server starts while the data is made and loaded: train needs it, not before
+    prefect = threading.Thread(target=_prefect_api, args=(settings,), daemon=True)
+    prefect.start()
     url = _url(settings)
     typer.echo(f"database: {mask_url(url)}")
     apply_migrations(url)
@@ -489,11 +558,30 @@ def demo(
     result = ingest_csv(url, data)
     typer.echo(f"ingested batch {result.batch_id}: {result.rows_in:,} rows")
     _validate([result.batch_id], url, settings)
+    prefect.join()
     train(k="4", sample_size=200_000, force=False)
     score(mode="full", wait=True, partitions=1)
     _print_segments(url)
-    typer.echo("\nopen the app:  segmentation app      (http://localhost:8501)")
-    typer.echo("query it:      segmentation db url   (prints a psql line)")
+    typer.echo("")
+    for line in next_steps(os.environ.get("PREFECT_API_URL", "")):
+        typer.echo(line)
+
+
+def next_steps(prefect_api: str) -> list[str]:
+    """The demo's last lines: commands that work as printed, from where `make demo` ran."""
+    exe = Path(sys.argv[0]).absolute()
+    venv_exe = exe if exe.name == "segmentation" and exe.is_file() else None
+    command = "segmentation"
+    if venv_exe is not None and str(venv_exe.parent) not in os.environ.get("PATH", "").split(
+            os.pathsep):
+        try:
+            command = str(venv_exe.relative_to(Path.cwd()))
+        except ValueError:
+            command = str(venv_exe)
+    ui = prefect_api.removesuffix("/api")
+    return [f"open the app:    {command} app        (then http://127.0.0.1:8501)",
+            f"query it:        {command} db url     (prints a psql line)",
+            f"see the runs:    {ui}/runs   (Prefect UI; `{command} prefect stop` stops it)"]
 
 
 def _print_segments(url: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the flows import this module to start in < 1 s
+    import numpy as np
+    import pandas as pd
 
 ID_COLUMN = "customer_id"
 FEATURES: tuple[str, ...] = (
@@ -61,6 +64,8 @@ def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def feature_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The 17 features as float64 in canonical order (NaN where missing)."""
+    import pandas as pd
+
     return pd.DataFrame(
         {name: pd.to_numeric(df[name], errors="coerce").astype("float64") for name in FEATURES},
         index=df.index,
@@ -69,4 +74,6 @@ def feature_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def feature_matrix(df: pd.DataFrame) -> np.ndarray:
     """A float64 matrix of the features, in canonical order, for the models."""
+    import numpy as np
+
     return feature_frame(df).to_numpy(dtype=np.float64)

@@ -26,6 +26,7 @@ from psycopg.types.json import Json
 from segmentation.db import connection, merge_joins, require_schema
 from segmentation.errors import IngestError
 from segmentation.features import COLUMNS, FEATURES, normalize_name
+from segmentation.progress import Update
 
 BLOCK = 1 << 20
 SNIFF_BYTES = 1 << 16
@@ -183,8 +184,9 @@ def _file_blocks(path: Path, encoding: str) -> Iterator[bytes]:
 
 
 def _copy_file(conn: psycopg.Connection, path: Path, landing: list[str],
-               delimiter: str, encoding: str) -> None:
-    """Stream the file into the landing table with COPY (1 MiB blocks)."""
+               delimiter: str, encoding: str, progress: Update | None = None) -> None:
+    """Stream the file into the landing table with COPY (1 MiB blocks); progress(rows,
+    estimated total) after each block."""
     statement = sql.SQL(
         "COPY landing ({}) FROM STDIN (FORMAT csv, HEADER true, DELIMITER {}, ENCODING {})"
     ).format(
@@ -193,9 +195,13 @@ def _copy_file(conn: psycopg.Connection, path: Path, landing: list[str],
         sql.Literal(PG_ENCODINGS.get(encoding, "UTF8")),
     )
     try:
+        size, sent, lines = path.stat().st_size, 0, 0
         with conn.cursor().copy(statement) as copy:
             for block in _file_blocks(path, encoding):
                 copy.write(block)
+                if progress is not None:  # rows so far, and the total they extrapolate to
+                    sent, lines = sent + len(block), lines + block.count(b"\n")
+                    progress(lines, max(lines, int(lines * size / sent)))
     except psycopg.Error as exc:
         raise IngestError(f"{path}: {_describe_copy_error(exc)}") from None
     except OSError as exc:
@@ -382,7 +388,7 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
 
 
 def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",
-               batch_id: str | None = None) -> IngestResult:
+               batch_id: str | None = None, progress: Update | None = None) -> IngestResult:
     """Load a CSV (original upper-case or snake_case headers) as one batch, all or nothing."""
     header, encoding = read_csv_header(path, delimiter, encoding)
     landing, warnings = map_columns(header)
@@ -390,7 +396,7 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
     with connection(url) as conn:
         require_schema(conn)
         _create_landing(conn, landing)
-        _copy_file(conn, path, landing, delimiter, encoding)
+        _copy_file(conn, path, landing, delimiter, encoding, progress)
         return _load_landing(conn, str(path), batch_id, warnings)
 
 

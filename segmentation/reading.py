@@ -8,21 +8,31 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pandas as pd
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from psycopg import sql
 
-from segmentation.clustering import SegmentationModel
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
 from segmentation.ingest import ACCEPT_LOCK
 from segmentation.runs import Mode
 
 Progress = Callable[[int, float], None]
-READ_TYPES = {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.csv as pacsv
+
+class Classifier(Protocol):
+    """What a run scores with: a model's version and its predict (a SegmentationModel, or
+    a registry.DeferredModel that loads the model on the first chunk)."""
+
+    version: str
+
+    def predict(self, frame: pd.DataFrame) -> Any: ...
+
+
 
 
 def select_customers(mode: Mode, model_version: str,
@@ -55,9 +65,12 @@ def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
                 ) -> Iterator[pd.DataFrame]:
     """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
+    import pyarrow as pa  # imported where used: a night with nothing to do needs none
+    import pyarrow.csv as pacsv
+
     options = pacsv.ReadOptions(column_names=list(COLUMNS))
     parse = pacsv.ParseOptions(newlines_in_values=True)
-    convert = pacsv.ConvertOptions(column_types=READ_TYPES, strings_can_be_null=False,
+    convert = pacsv.ConvertOptions(column_types=read_types(pa), strings_can_be_null=False,
                                    quoted_strings_can_be_null=False)
     rows: list[bytes] = []
     with conn.cursor().copy(statement) as copy:
@@ -70,9 +83,16 @@ def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
         yield _parse(rows, options, parse, convert)
 
 
+def read_types(pa: Any) -> dict[str, Any]:
+    """Arrow types of the columns a run reads."""
+    return {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+
+
 def _parse(rows: list[bytes], options: pacsv.ReadOptions, parse: pacsv.ParseOptions,
            convert: pacsv.ConvertOptions) -> pd.DataFrame:
     """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim)."""
+    import pyarrow.csv as pacsv
+
     table = pacsv.read_csv(io.BytesIO(b"".join(rows)), read_options=options,
                            parse_options=parse, convert_options=convert)
     return table.to_pandas()
@@ -80,6 +100,9 @@ def _parse(rows: list[bytes], options: pacsv.ReadOptions, parse: pacsv.ParseOpti
 
 def encode_scores(ids: pd.Series, segments: Any) -> bytes:
     """(customer_id, segment_id) as CSV for COPY FROM STDIN."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     table = pa.table({"customer_id": pa.array(ids, type=pa.string()),
                       "segment_id": pa.array(segments, type=pa.int16())})
     sink = io.BytesIO()
@@ -108,7 +131,7 @@ def open_snapshot(reader: psycopg.Connection) -> datetime:
 
 
 def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection, copy_sql: str,
-                  query: sql.Composed, model: SegmentationModel, chunk_rows: int,
+                  query: sql.Composed, model: Classifier, chunk_rows: int,
                   progress: Progress | None = None) -> tuple[int, float, datetime]:
     """Reader COPY out -> predict per chunk -> writer COPY in; returns (rows, predict
     seconds, snapshot time)."""

@@ -19,26 +19,40 @@ import platform
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import psycopg
-import sklearn
 from psycopg.types.json import Json
 
-from segmentation.clustering import SegmentationModel
+if TYPE_CHECKING:
+    from segmentation.clustering import SegmentationModel
+
 from segmentation.errors import LegacyModel, ModelError, SegmentationError
 from segmentation.features import FEATURES
-from segmentation.tree import export_rules
 
 MODEL_FILE = "model.skops"
 LEGACY_FILE = "model.joblib"  # a pickle: never loaded
 # What a model file may hold beyond skops' own safe defaults (builtins, numpy arrays,
 # scikit-learn estimators): numpy dtypes and a fitted tree's node arrays.
 TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree"]
+
+
+def sklearn_version() -> str:
+    """The installed scikit-learn (imported only when a model is saved or checked)."""
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def numpy_version() -> str:
+    """The installed numpy."""
+    import numpy
+
+    return str(numpy.__version__)
 
 
 def new_version() -> str:
@@ -76,14 +90,16 @@ def save_version(model: SegmentationModel, metrics: dict[str, Any], sizes: dict[
         import skops.io
 
         skops.io.dump(model_payload(model), staging / MODEL_FILE)
+        from segmentation.tree import export_rules
+
         (staging / "rules.txt").write_text(export_rules(model), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         metadata = {
             "version": model.version,
             "created_at": datetime.now(UTC).isoformat(),
             "python": platform.python_version(),
-            "sklearn": sklearn.__version__,
-            "numpy": np.__version__,
+            "sklearn": sklearn_version(),
+            "numpy": numpy_version(),
             "features": list(FEATURES),
             "k": model.k,
             "names": {str(k): v for k, v in model.names.items()},
@@ -199,8 +215,32 @@ def champion_version(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+class DeferredModel:
+    """A version to score with, loaded (and sha256-checked) only when a first row needs it:
+    a night with nothing to score never pays for scikit-learn and skops."""
+
+    def __init__(self, version: str, load: Callable[[], SegmentationModel]) -> None:
+        self.version = version
+        self._load = load
+        self._model: SegmentationModel | None = None
+
+    def model(self) -> SegmentationModel:
+        """The loaded model (loaded once)."""
+        if self._model is None:
+            self._model = self._load()
+            if self._model.version != self.version:
+                raise ModelError(f"asked for model {self.version}, loaded {self._model.version}")
+        return self._model
+
+    def predict(self, frame: Any) -> Any:
+        """Segment ids for a chunk of customers."""
+        return self.model().predict(frame)
+
+
 def model_payload(model: SegmentationModel) -> dict[str, Any]:
     """The model as plain parts skops can store without pickling a class of ours."""
+    import numpy as np
+
     return {"version": model.version, "pipeline": model.pipeline, "pca": model.pca,
             "tree": model.tree, "label_to_segment": np.asarray(model.label_to_segment),
             "names": dict(model.names), "profiles": dict(model.profiles),
@@ -219,6 +259,10 @@ def model_from_bytes(data: bytes, where: str) -> SegmentationModel:
     if untrusted:
         raise ModelError(f"{where} holds types this registry never writes "
                          f"({', '.join(sorted(untrusted))}); refusing to load it")
+    import numpy as np
+
+    from segmentation.clustering import SegmentationModel
+
     try:
         parts = skops.io.loads(data, trusted=TRUSTED_TYPES)
         model = SegmentationModel(
@@ -278,9 +322,9 @@ def load_version(conn: psycopg.Connection, version: str | None = None,
         metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"model {version}: unreadable metadata.json ({exc})") from None
-    if metadata.get("sklearn") != sklearn.__version__:
+    if metadata.get("sklearn") != sklearn_version():
         raise ModelError(f"model {version} was saved with scikit-learn {metadata.get('sklearn')}"
-                         f", this environment has {sklearn.__version__}; retrain it")
+                         f", this environment has {sklearn_version()}; retrain it")
     model = model_from_bytes(data, f"model {version}: {path}")
     if model.version != version:
         raise ModelError(f"model {version}: {path} holds model {model.version}; refusing it")

@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from segmentation.clustering import SegmentationModel
 from segmentation.db import connection, is_transient, require_schema
 from segmentation.errors import SegmentationError
 from segmentation.publishing import publish
-from segmentation.reading import Progress, select_customers, stream_scores
+from segmentation.reading import Classifier, Progress, select_customers, stream_scores
 from segmentation.runs import (
     Mode,
     RunStart,
@@ -59,7 +58,7 @@ def claim_quarantined(conn: psycopg.Connection, run_id: str, snapshot_at: dateti
     return int(row[0]) if row else 0
 
 
-def score_customers(url: str, model: SegmentationModel, *, mode: Mode = "full",
+def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
                     chunk_rows: int = 100_000, wait: bool = False, wait_timeout_s: float = 1800,
                     run_id: str | None = None, progress: Progress | None = None) -> ScoreResult:
     """Classify customers and publish the result atomically; returns the run's counts."""
@@ -109,7 +108,7 @@ def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
         return RunStart(started_at, since)
 
 
-def stage_partition(url: str, model: SegmentationModel, mode: Mode, run_id: str, part: int,
+def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: int,
                     parts: int, chunk_rows: int = 100_000, since: datetime | None = None,
                     progress: Progress | None = None) -> PartitionResult:
     """Score one hash partition into scoring_stage under run_id (a retry replaces it)."""
@@ -146,7 +145,7 @@ def check_staged(conn: psycopg.Connection, run_id: str, staged: list[PartitionRe
                                 f"scored ({'; '.join(missing)}); refusing to publish")
 
 
-def publish_staged(url: str, model: SegmentationModel, mode: Mode, run_id: str,
+def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
                    staged: list[PartitionResult], *, wait: bool = False,
                    wait_timeout_s: float = 1800,
                    started_at: datetime | None = None) -> ScoreResult:

@@ -26,6 +26,7 @@ from segmentation.clustering import (
 from segmentation.db import connection
 from segmentation.errors import ModelError
 from segmentation.features import COLUMNS, FEATURES, feature_frame, feature_matrix
+from segmentation.progress import Update
 from segmentation.reading import iter_chunks
 from segmentation.registry import SavedVersion, promote, register_version
 from segmentation.tree import fit_rules_tree
@@ -44,6 +45,8 @@ class TrainingResult:
     gate_failures: list[str] = field(default_factory=list)
     projection: np.ndarray | None = None  # (pc1, pc2, segment) for a sample, for the scatter
 
+
+TRAIN_STEPS = ("scaling", "choosing k", "fitting KMeans", "fitting the rules tree", "measuring")
 
 def reference_distribution(x: np.ndarray) -> dict[str, dict[str, list[float]]]:
     """Decile edges and bucket shares per feature, the baseline for drift (PSI)."""
@@ -68,18 +71,27 @@ def fingerprint_frame(df: pd.DataFrame) -> str:
 
 def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
                 k_range: range = range(2, 11), sample_size: int | None = 200_000,
-                random_state: int = 42, champion: SegmentationModel | None = None
-                ) -> TrainingResult:
-    """Fit impute+scale+KMeans and the rules tree; ids aligned to `champion` if any."""
+                random_state: int = 42, champion: SegmentationModel | None = None,
+                progress: Update | None = None) -> TrainingResult:
+    """Fit impute+scale+KMeans and the rules tree; ids aligned to `champion` if any.
+    progress(step, total, note) follows the stages."""
+    steps = len(TRAIN_STEPS)
+
+    def step(name: str) -> None:
+        if progress is not None:
+            progress(TRAIN_STEPS.index(name), steps, name)
+
     if len(df) < 50:
         raise ModelError(f"need at least 50 customers to train, got {len(df)}")
     sample = sample_frame(df, sample_size, random_state)
     x = feature_matrix(sample)
+    step("choosing k" if k == "auto" else "scaling")
     prep = build_pipeline(2, random_state)[:-1].fit(x)
     z = np.asarray(prep.transform(x))
     k_report = evaluate_k_range(z, k_range, random_state) if k_range else []
     chosen = choose_k(k_report) if k == "auto" else int(k)
 
+    step("fitting KMeans")
     pipeline = build_pipeline(chosen, random_state).fit(x)
     labels = pipeline[-1].labels_
     scaler = pipeline.named_steps["scale"]
@@ -93,6 +105,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         mapping, distance = align_segments(centres, None, None, None)
     segments = mapping[labels]
 
+    step("fitting the rules tree")
     pca = PCA(n_components=2, random_state=random_state).fit(z)
     order = np.argsort(mapping)
     names, profiles = name_segments(pipeline[-1].cluster_centers_[order], mapping[order])
@@ -102,6 +115,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
     model = SegmentationModel(version=version, pipeline=pipeline, pca=pca, tree=tree,
                               label_to_segment=mapping, names=names, profiles=profiles)
 
+    step("measuring")
     rng = np.random.default_rng(random_state)
     pick = rng.choice(len(z), size=min(SILHOUETTE_SAMPLE, len(z)), replace=False)
     sizes = {int(s): int(n) for s, n in zip(*np.unique(segments, return_counts=True),
@@ -132,6 +146,8 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
     model.info = {"metrics": metrics}
     shown = pick[:2_000]
     projection = np.column_stack([pca.transform(z[shown]), segments[shown]])
+    if progress is not None:
+        progress(steps, steps, "done")
     return TrainingResult(model, metrics, sizes, gate_failures(metrics, champion), projection)
 
 

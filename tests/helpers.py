@@ -98,3 +98,27 @@ def drop_connection_after_publish(url: str, monkeypatch, times: int = 1) -> list
 
     monkeypatch.setattr(scoring, "publish", publish_then_drop)
     return calls
+
+
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium_or_skip() -> str | None:
+    """The browser to drive: Debian's chromium, else Playwright's own (`playwright install
+    chromium`); otherwise the test is skipped, with the reason in the summary. Returns the
+    executable path (None: Playwright's default)."""
+    import pytest
+
+    if DEBIAN_CHROMIUM.exists():
+        return str(DEBIAN_CHROMIUM)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("no browser: the playwright package is not installed")
+    with sync_playwright() as p:
+        if Path(p.chromium.executable_path).exists():
+            return None
+    pytest.skip("no browser: install Debian's chromium, or run `playwright install chromium`")
+    return None  # unreachable: skip raises

@@ -1,6 +1,7 @@
 """A real browser: `streamlit run` against a scored test database, driven by Chromium."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,18 @@ import pandas as pd
 import pytest
 
 from segmentation import scoring
-from tests.helpers import ROOT, free_port, load_batch, register_champion, wait_for_http
+from tests.helpers import (
+    CHROMIUM_ARGS,
+    ROOT,
+    chromium_or_skip,
+    free_port,
+    load_batch,
+    register_champion,
+    wait_for_http,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -40,22 +47,34 @@ def app_url(db: str, trained, models_dir: Path, synthetic_csv: Path):
         server.wait(10)
 
 
+def what_if_customer(trained, frame) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """A complete customer whose segment differs from the form's defaults (the training
+    medians), so a form that ignored what was typed would show the wrong segment."""
+    from segmentation.contract import check_values
+    from segmentation.features import FEATURES
+
+    medians = pd.DataFrame([trained.metrics["medians"]])
+    default_segment = int(trained.model.predict(medians)[0])
+    for _, row in frame.dropna(subset=list(FEATURES)).iterrows():
+        values = {f: round(float(row[f]), 2) for f in FEATURES}
+        if (not check_values(values) and values["tenure"] >= 6
+                and int(trained.model.predict(pd.DataFrame([values]))[0]) != default_segment):
+            return values
+    raise AssertionError("every synthetic customer falls in the defaults' segment")
+
+
 def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    executable = chromium_or_skip()
     customer = str(synthetic_frame["customer_id"].iloc[0])
     segment = int(trained.model.predict(synthetic_frame.iloc[[0]])[0])
-    means = trained.metrics["imputation_means"]
-    whole = {"cash_advance_trx", "purchases_trx", "tenure"}
-    defaults = pd.DataFrame([{f: float(round(v)) if f in whole else max(v, 0.0)
-                              for f, v in means.items()}])
-    predicted = int(trained.model.predict(defaults)[0])
+    typed = what_if_customer(trained, synthetic_frame)
+    predicted = int(trained.model.predict(pd.DataFrame([typed]))[0])
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app_url)
         expect(page.get_by_text("Customer segments").first).to_be_visible(timeout=60_000)
@@ -68,8 +87,13 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
         expect(page.get_by_text(f"customer {customer}", exact=True)).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "lookup.png"), full_page=True)
         page.get_by_role("tab", name="Predict").click()
+        for feature, value in typed.items():  # every field typed in: the form must use them
+            field = page.get_by_label(re.compile(rf"^{feature} \("))
+            field.fill(f"{value:g}")
+            field.press("Tab")
         page.get_by_role("button", name="Predict").click()
-        expect(page.get_by_text(f"Segment {predicted}: {trained.model.names[predicted]}")) \
+        expect(page.get_by_text(f"Segment {predicted}: {trained.model.names[predicted]}")
+               .filter(visible=True)) \
             .to_be_visible(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
         browser.close()

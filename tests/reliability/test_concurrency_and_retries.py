@@ -87,8 +87,9 @@ def test_password_never_reaches_logs_or_artifacts(db: str, models_dir: Path,
             self.lines.append(self.format(record))
 
     secret = "s3cret-Pa55-for-tests"
+    secret = make_url(db).password or secret  # trust auth ignores a made-up one
     url = make_url(db).set(password=secret).render_as_string(hide_password=False)
-    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", url)  # local trust auth ignores it
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", url)
     load_batch(db, synthetic_csv)
     keep = Keep()
     loggers = [logging.getLogger(n) for n in ("prefect", "prefect.flow_runs",
@@ -308,8 +309,9 @@ def test_no_password_in_anything_prefect_stores(db: str, models_dir: Path,
     from segmentation.ingest import ingest_csv
 
     secret = "s3cret-Pa55-in-the-url"
+    secret = make_url(db).password or secret  # trust auth ignores a made-up one
     url = make_url(db).set(password=secret).render_as_string(hide_password=False)
-    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", url)  # trust auth ignores it
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", url)
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):  # every log to the API
         monkeypatch.setattr(logging.getLogger(name), "level", logging.DEBUG)
     load_batch(db, synthetic_csv)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from segmentation.db import apply_migrations, conninfo, list_migrations, sql_dir
 from segmentation.errors import SegmentationError
-from tests.conftest import ADMIN_URL
+from tests.conftest import admin_url
 from tests.helpers import query
 
 
@@ -67,12 +67,12 @@ def test_failed_migration_rolls_back(database_url: str, tmp_path: Path) -> None:
 def fresh_database() -> Iterator[str]:
     """An empty database of its own (not migrated), dropped afterwards."""
     name = f"seg_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(conninfo(ADMIN_URL), autocommit=True) as conn:
+    with psycopg.connect(conninfo(admin_url()), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url()).set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(conninfo(ADMIN_URL), autocommit=True) as conn:
+        with psycopg.connect(conninfo(admin_url()), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                          .format(sql.Identifier(name)))
 
