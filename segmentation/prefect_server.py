@@ -66,6 +66,11 @@ def read_state(home: Path) -> PrefectServer | None:
         return None
 
 
+def write_state(home: Path, server: PrefectServer) -> None:
+    """Record the server (pid 0: stopped, its port kept for the next start)."""
+    (server_folder(home) / STATE_FILE).write_text(json.dumps(asdict(server)), encoding="utf-8")
+
+
 def healthy(server: PrefectServer, timeout_s: float = 2.0) -> bool:
     """Whether the server's API answers its health check."""
     try:
@@ -139,7 +144,7 @@ def start_server(home: Path, port: int, timeout_s: float) -> PrefectServer:
             env=server_env(home, port), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             cwd=folder, start_new_session=True)  # outlives this command, not its Ctrl-C
     server = PrefectServer(process.pid, port)
-    (folder / STATE_FILE).write_text(json.dumps(asdict(server)), encoding="utf-8")
+    write_state(home, server)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if healthy(server, timeout_s=1.0):
@@ -168,6 +173,8 @@ def ensure_prefect_server(home: Path, timeout_s: float = START_TIMEOUT_S
 
 def stop_process(pid: int, timeout_s: float = 20.0) -> bool:
     """Terminate a server's process group (uvicorn and its services), then kill it."""
+    if pid <= 0:  # recorded as stopped (and killpg(0) would signal our own group)
+        return False
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -191,6 +198,9 @@ def stop_prefect_server(home: Path) -> bool:
     """Stop the kept server; returns False when none was running."""
     with start_lock(home):
         server = read_state(home)
-        stopped = server is not None and stop_process(server.pid)
-        (server_folder(home) / STATE_FILE).unlink(missing_ok=True)
+        if server is None:
+            return False
+        stopped = stop_process(server.pid)
+        # the port is remembered, so the next start keeps the UI's address
+        write_state(home, PrefectServer(0, server.port))
         return stopped

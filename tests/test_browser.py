@@ -97,3 +97,39 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
             .to_be_visible(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
         browser.close()
+
+
+def test_prefect_ui_shows_the_demos_runs(db: str, tmp_path: Path) -> None:
+    """The demo's last line is the Prefect UI of the kept server, and its runs are there."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from segmentation.prefect_server import stop_prefect_server
+
+    executable = chromium_or_skip()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(SEGMENTATION_DATABASE_URL=db, SEGMENTATION_HOME=str(home),
+               SEGMENTATION_MODELS_DIR=str(tmp_path / "models"))
+    try:
+        demo = subprocess.run([sys.executable, "-m", "segmentation.cli", "demo", "--rows", "2000"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert demo.returncode == 0, demo.stderr[-2000:]
+        runs_line = next(line for line in demo.stdout.splitlines()
+                         if line.startswith("see the runs:"))
+        runs_url = runs_line.split()[3]
+        assert runs_url.startswith("http://127.0.0.1:") and runs_url.endswith("/runs")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, headless=True,
+                                        args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(runs_url)
+            try:  # flow names of the runs the demo just made, read from the UI's API
+                for flow_name in ("retrain", "nightly-scoring"):
+                    expect(page.get_by_text(flow_name, exact=True).first).to_be_visible(
+                        timeout=60_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "prefect-runs.png"), full_page=True)
+                browser.close()
+    finally:
+        stop_prefect_server(home)

@@ -1,4 +1,4 @@
-"""Processes stop with their parent: the app's server, Prefect's temporary server."""
+"""Processes stop with their parent: the app's server; only the kept Prefect server stays."""
 
 import os
 import signal
@@ -64,29 +64,42 @@ def test_killing_the_app_by_its_pid_stops_the_server(db: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
-def test_killed_cli_takes_prefects_temporary_server_with_it(db: str, tmp_path: Path,
-                                                            sig: signal.Signals) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # temporary server
-    env.update(SEGMENTATION_DATABASE_URL=db, SEGMENTATION_HOME=str(tmp_path / "home"),
-               PREFECT_HOME=str(tmp_path / "prefect"))
-    run = cli(["nightly"], env)
-    children: list[psutil.Process] = []
+def test_killed_cli_leaves_only_the_kept_prefect_server(db: str, tmp_path: Path, trained,
+                                                         synthetic_csv: Path, models_dir: Path,
+                                                         sig: signal.Signals) -> None:
+    """Killed mid-run, the CLI takes every helper with it but the kept Prefect server,
+    which stays usable for the next command and stops with `segmentation prefect stop`."""
+    from segmentation.prefect_server import read_state, running_server
+    from tests.helpers import load_batch, register_champion
+
+    load_batch(db, synthetic_csv)
+    register_champion(db, trained, models_dir, "m-kill-1")
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the kept server
+    env.update(SEGMENTATION_DATABASE_URL=db, SEGMENTATION_HOME=str(home),
+               SEGMENTATION_MODELS_DIR=str(models_dir))
+    run = cli(["score", "--mode", "full"], env)
+    seen: set[int] = set()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and run.poll() is None:
-            children = [c for c in psutil.Process(run.pid).children(recursive=True)
-                        if "uvicorn" in " ".join(c.cmdline()) or "prefect" in
-                        " ".join(c.cmdline())]
-            if children:
-                break
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run.poll() is None and running_server(home) is None:
             time.sleep(0.2)
-        assert children, f"no temporary Prefect server seen: {run.communicate()}"
-        time.sleep(1.0)  # mid-run
+        assert running_server(home) is not None, f"no kept server: {run.communicate()}"
+        server = read_state(home)
+        assert server is not None
+        time.sleep(1.0)  # the flow is starting or running
+        seen = {c.pid for c in psutil.Process(run.pid).children(recursive=True)}
         os.kill(run.pid, sig)
         run.wait(60)
-        assert gone([c.pid for c in children]), "Prefect's server outlived the CLI"
+        kept = {server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))}
+        assert gone(sorted(seen - kept)), "a helper of the killed CLI outlived it"
+        assert running_server(home) == server, "the kept server did not survive the CLI"
+        stopped = subprocess.run([sys.executable, "-m", "segmentation.cli", "prefect", "stop"],
+                                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert stopped.stdout.strip() == "stopped", stopped
+        assert gone(sorted(kept)), "`segmentation prefect stop` left a server process"
     finally:
-        for child in children:
-            if psutil.pid_exists(child.pid):
-                child.kill()
+        from segmentation.prefect_server import stop_prefect_server
+
+        stop_prefect_server(home)
         run.kill()
