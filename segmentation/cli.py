@@ -187,7 +187,7 @@ def ingest(
     if path is not None:
         from segmentation.progress import track
 
-        with track(f"loading {path.name}") as update:
+        with track("loading") as update:
             result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding,
                                 progress=update)
     else:
@@ -216,7 +216,7 @@ def _validate(batch_ids: list[str], url: str, settings: Settings, docs: bool = F
     failed, alerts = [], []
     for batch_id in batch_ids:
         docs_dir = settings.home / "gx_docs" if docs else None
-        with track(f"validating {batch_id}", unit="steps") as step:
+        with track("validating", unit="steps") as step:
             report = validate_batch(url, batch_id, reference=reference, docs_dir=docs_dir,
                                     max_quarantine_share=settings.quarantine_max_share,
                                     lock_wait_s=settings.lock_wait_s, progress=step)
