@@ -50,11 +50,12 @@ def _prefect_api(settings: Settings | None = None) -> str:
     """The Prefect API flows report to: PREFECT_API_URL, else the kept local server (started
     on first use, reused afterwards). Called before Prefect is imported."""
     configured = os.environ.get("PREFECT_API_URL")
-    if configured:
-        return configured
+    settings = settings or _settings()
+    if configured or not settings.keep_prefect_server:
+        return configured or ""  # "": Prefect starts its temporary server
     from segmentation.prefect_server import ensure_prefect_server
 
-    server, started = ensure_prefect_server((settings or _settings()).home)
+    server, started = ensure_prefect_server(settings.home)
     if started:
         typer.echo(f"started the local Prefect server: {server.ui_url} "
                    "(`segmentation prefect stop` stops it)", err=True)
@@ -578,10 +579,13 @@ def next_steps(prefect_api: str) -> list[str]:
             command = str(venv_exe.relative_to(Path.cwd()))
         except ValueError:
             command = str(venv_exe)
-    ui = prefect_api.removesuffix("/api")
-    return [f"open the app:    {command} app        (then http://127.0.0.1:8501)",
-            f"query it:        {command} db url     (prints a psql line)",
-            f"see the runs:    {ui}/runs   (Prefect UI; `{command} prefect stop` stops it)"]
+    steps = [f"open the app:    {command} app        (then http://127.0.0.1:8501)",
+             f"query it:        {command} db url     (prints a psql line)"]
+    if prefect_api:  # a kept or configured server: its runs stay visible
+        ui = prefect_api.removesuffix("/api")
+        steps.append(f"see the runs:    {ui}/runs   (Prefect UI; `{command} prefect stop` "
+                     "stops a local one)")
+    return steps
 
 
 def _print_segments(url: str) -> None:

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         " nightly run (0: kept).")
     flow_timeout_s: float = Field(
         default=4 * 3600, gt=0, description="A flow run longer than this is stopped as failed.")
+    keep_prefect_server: bool = Field(
+        default=True,
+        description="Without PREFECT_API_URL, start a local Prefect server under the home "
+                    "and keep it for later commands (false: Prefect's temporary server per "
+                    "command, several seconds each).")
 
     @property
     def models_path(self) -> Path:

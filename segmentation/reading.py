@@ -22,7 +22,6 @@ Progress = Callable[[int, float], None]
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow.csv as pacsv
 
 class Classifier(Protocol):
     """What a run scores with: a model's version and its predict (a SegmentationModel, or
@@ -65,22 +64,15 @@ def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
                 ) -> Iterator[pd.DataFrame]:
     """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
-    import pyarrow as pa  # imported where used: a night with nothing to do needs none
-    import pyarrow.csv as pacsv
-
-    options = pacsv.ReadOptions(column_names=list(COLUMNS))
-    parse = pacsv.ParseOptions(newlines_in_values=True)
-    convert = pacsv.ConvertOptions(column_types=read_types(pa), strings_can_be_null=False,
-                                   quoted_strings_can_be_null=False)
     rows: list[bytes] = []
     with conn.cursor().copy(statement) as copy:
         for row in copy:  # one CSV record per item
             rows.append(bytes(row))
             if len(rows) >= chunk_rows:
-                yield _parse(rows, options, parse, convert)
+                yield _parse(rows)
                 rows = []
     if rows:
-        yield _parse(rows, options, parse, convert)
+        yield _parse(rows)
 
 
 def read_types(pa: Any) -> dict[str, Any]:
@@ -88,13 +80,19 @@ def read_types(pa: Any) -> dict[str, Any]:
     return {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
 
 
-def _parse(rows: list[bytes], options: pacsv.ReadOptions, parse: pacsv.ParseOptions,
-           convert: pacsv.ConvertOptions) -> pd.DataFrame:
-    """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim)."""
+def _parse(rows: list[bytes]) -> pd.DataFrame:
+    """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim). pyarrow is
+    imported on the first rows: a night with nothing to score never loads it."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(io.BytesIO(b"".join(rows)), read_options=options,
-                           parse_options=parse, convert_options=convert)
+    table = pacsv.read_csv(
+        io.BytesIO(b"".join(rows)),
+        read_options=pacsv.ReadOptions(column_names=list(COLUMNS)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types=read_types(pa),
+                                             strings_can_be_null=False,
+                                             quoted_strings_can_be_null=False))
     return table.to_pandas()
 
 

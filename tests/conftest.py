@@ -208,3 +208,14 @@ def trained(synthetic_frame):  # type: ignore[no-untyped-def]
     from segmentation.training import train_model
 
     return train_model(synthetic_frame, "m-test-0001", k=4, k_range=range(0), random_state=42)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_kept_servers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A CLI test without PREFECT_API_URL keeps a Prefect server under its home, as a user's
+    would: stop every one the session started, so none outlives the tests."""
+    yield
+    from segmentation.prefect_server import STATE_FILE, stop_prefect_server
+
+    for state in tmp_path_factory.getbasetemp().glob(f"**/prefect/{STATE_FILE}"):
+        stop_prefect_server(state.parent.parent)
