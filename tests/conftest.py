@@ -96,16 +96,18 @@ def stop_test_server(home: Path) -> None:
 
 
 def reach_server(url: str) -> None:
-    """One clear line, not a traceback per test, when the configured server cannot be used."""
-    from segmentation.config import mask_secrets
+    """One clear line, not a traceback per test, when the chosen server cannot be used."""
+    from segmentation.config import mask_secrets, mask_url
 
     try:
         psycopg.connect(conninfo(url), connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         first = mask_secrets(str(exc).strip()).splitlines()[0]
-        pytest.exit(f"the test database server ({SERVER_REASON}) cannot be used: {first}. "
-                    "Unset SEGMENTATION_TEST_DATABASE_URL and stop whatever holds port 5432 to "
-                    "test on the embedded server instead.", returncode=2)
+        advice = ("fix or unset SEGMENTATION_TEST_DATABASE_URL" if "TEST_DATABASE" in SERVER_REASON
+                  else "set SEGMENTATION_TEST_DATABASE_URL, or free port 5432 to test on an "
+                  "embedded server")
+        pytest.exit(f"the test database server {mask_url(url)} ({SERVER_REASON}) cannot be "
+                    f"used: {first}; {advice}", returncode=2)
 
 
 @pytest.fixture(scope="session")
