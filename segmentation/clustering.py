@@ -57,8 +57,11 @@ class SegmentationModel:
         return self.label_to_segment[labels]
 
     def tree_inputs(self, z: np.ndarray) -> np.ndarray:
-        """The tree sees the standardized features plus the PCA projections."""
-        return np.hstack([z, self.pca.transform(z)])
+        """The tree sees the 17 standardized features (a tree of an earlier release also
+        saw the two PCA projections)."""
+        if getattr(self.tree, "n_features_in_", len(FEATURES)) > len(FEATURES):
+            return np.hstack([z, self.pca.transform(z)])
+        return z
 
     def centroids_original(self) -> np.ndarray:
         """Centroids in original units, rows ordered by stable segment id."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from segmentation.clustering import SegmentationModel
 
-MAX_DEPTH = 8
+MAX_DEPTH = 6  # deeper trees over the raw features agree no better, and read worse
 MIN_SAMPLES_LEAF = 5
 HOLDOUT = 0.25
 PC_NAMES = ("pc1", "pc2")
@@ -75,7 +75,8 @@ def export_rules(model: SegmentationModel) -> str:
     t = model.tree.tree_
     out = [f"# decision rules for model {model.version} "
            f"(depth {model.tree.get_depth()}, {model.tree.get_n_leaves()} leaves)"]
-    out += [f"# {line}" for line in describe_projections(model)]
+    if model.tree.n_features_in_ > len(FEATURES):  # a tree of an earlier release
+        out += [f"# {line}" for line in describe_projections(model)]
 
     def walk(node: int, depth: int) -> None:
         pad = "  " * depth
@@ -107,3 +108,24 @@ def decision_path(model: SegmentationModel, row: pd.DataFrame) -> tuple[int, lis
         steps.append(_condition(model, feat, thr, left))
         node = int(t.children_left[node] if left else t.children_right[node])
     return int(model.tree.predict(inputs)[0]), steps
+
+
+def path_in_words(model: SegmentationModel, row: pd.DataFrame) -> tuple[int, list[str]]:
+    """The tree's segment for one customer and its path with each feature once, in the
+    data's units ("months with purchases at most 58%", "cash advance 310 to 4,800")."""
+    from segmentation.explain import merged_path
+
+    inputs = model.tree_inputs(model.standardize(row))
+    scaler = model.pipeline.named_steps["scale"]
+    t = model.tree.tree_
+    node, steps = 0, []
+    while t.children_left[node] != -1:
+        feat, thr = int(t.feature[node]), float(t.threshold[node])
+        left = inputs[0, feat] <= thr
+        if feat < len(FEATURES):
+            value = thr * scaler.scale_[feat] + scaler.mean_[feat]
+            steps.append((FEATURES[feat], "<=" if left else ">", float(value)))
+        else:  # a projection, in trees of an earlier release
+            steps.append((PC_NAMES[feat - len(FEATURES)], "<=" if left else ">", thr))
+        node = int(t.children_left[node] if left else t.children_right[node])
+    return int(model.tree.predict(inputs)[0]), merged_path(steps)
