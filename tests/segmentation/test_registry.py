@@ -82,7 +82,9 @@ def test_failed_write_leaves_no_partial_version(trained, tmp_path: Path,
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(registry, "export_rules", disk_full)
+    import segmentation.tree
+
+    monkeypatch.setattr(segmentation.tree, "export_rules", disk_full)  # imported when saving
     model = dataclasses.replace(trained.model, version="m-full")
     with pytest.raises(OSError, match="No space left"):
         registry.save_version(model, trained.metrics, trained.sizes, tmp_path)
