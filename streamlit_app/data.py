@@ -135,15 +135,50 @@ def model_versions(engine: Engine) -> pd.DataFrame:
 
 
 def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
-    """Recent scoring runs."""
+    """Recent scoring runs, as an ops log: run ids as text, rows in / scored / quarantined /
+    moved (segment changed) / new, how it published, how long it took, why it failed."""
     return pd.read_sql(text(
-        "SELECT run_id, model_version, mode, status, started_at, finished_at, rows_in,"
-        " rows_scored, rows_quarantined, rows_changed, published_by, error FROM scoring_runs"
-        " ORDER BY started_at DESC LIMIT :n"), engine, params={"n": limit})
+        "WITH recent AS (SELECT * FROM scoring_runs ORDER BY started_at DESC LIMIT :n)"
+        " SELECT r.run_id::text AS run_id, r.started_at, r.model_version, r.mode, r.status,"
+        " r.rows_in, r.rows_scored, r.rows_quarantined,"
+        " coalesce(h.moved, 0) AS moved, coalesce(h.new, 0) AS new_customers,"
+        " r.published_by,"
+        " round(extract(epoch FROM r.finished_at - r.started_at)::numeric, 1) AS seconds,"
+        " r.error"
+        " FROM recent r LEFT JOIN LATERAL ("
+        "  SELECT count(*) FILTER (WHERE old_segment_id <> new_segment_id) AS moved,"
+        "   count(*) FILTER (WHERE old_segment_id IS NULL) AS new"
+        "  FROM segment_history WHERE run_id = r.run_id) h ON true"
+        " ORDER BY r.started_at DESC"), engine, params={"n": limit})
+
+
+def segment_movement(engine: Engine, segment_id: int, runs: int = 10) -> pd.DataFrame:
+    """Customers moving into and out of one segment, per run, with the other segment's name
+    (the last `runs` runs that moved anyone)."""
+    return pd.read_sql(text(
+        "SELECT started_at, from_segment_name, to_segment_name, customers,"
+        " CASE WHEN to_segment = :s THEN 'in' ELSE 'out' END AS direction"
+        " FROM segment_movement"
+        " WHERE (to_segment = :s OR from_segment = :s)"
+        " AND from_segment IS DISTINCT FROM to_segment"
+        " AND run_id IN (SELECT run_id FROM segment_movement WHERE from_segment IS DISTINCT"
+        "  FROM to_segment GROUP BY run_id, started_at ORDER BY started_at DESC LIMIT :runs)"
+        " ORDER BY started_at DESC, direction, customers DESC"),
+        engine, params={"s": segment_id, "runs": runs})
+
+
+def segment_members(engine: Engine, segment_id: int, n: int = 2_000) -> pd.DataFrame:
+    """A reproducible sample of one segment's customers with their features."""
+    columns = ", ".join(f"c.{f}" for f in FEATURES)
+    return pd.read_sql(text(
+        f"SELECT s.customer_id, {columns} FROM customer_segments s JOIN customers c"
+        " USING (customer_id) WHERE s.segment_id = :s ORDER BY md5(s.customer_id) LIMIT :n"),
+        engine, params={"s": segment_id, "n": n})
 
 
 def export_segments(engine: Engine, segment_ids: list[int], who: str) -> pd.DataFrame:
-    """Current segment of the customers in the chosen segments (for CSV download), recorded
+    """Current segment of the customers in the chosen segments (for CSV download, with the
+    segment's name), recorded
     in export_log (who, which segments, how many rows; not the rows) in the same
     transaction: no export without its record."""
     with engine.begin() as conn:
@@ -157,13 +192,12 @@ def export_segments(engine: Engine, segment_ids: list[int], who: str) -> pd.Data
 
 
 def movement_last_run(engine: Engine) -> pd.DataFrame:
-    """From/to segment counts of the latest successful run (new customers: from = none)."""
+    """From/to segment names and counts of the latest successful run."""
     return pd.read_sql(text(
-        "SELECT coalesce(h.old_segment_id::text, 'new') AS from_segment,"
-        " h.new_segment_id AS to_segment, count(*) AS customers FROM segment_history h"
-        " WHERE h.run_id = (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
-        "  ORDER BY started_at DESC LIMIT 1)"
-        " GROUP BY 1, 2 ORDER BY 1, 2"), engine)
+        "SELECT from_segment_name AS from_segment, to_segment_name AS to_segment, customers"
+        " FROM segment_movement WHERE run_id = (SELECT run_id FROM scoring_runs"
+        "  WHERE status = 'succeeded' ORDER BY started_at DESC LIMIT 1)"
+        " ORDER BY from_segment NULLS FIRST, to_segment"), engine)
 
 
 def sample_customers(engine: Engine, n: int = 2_000) -> pd.DataFrame:

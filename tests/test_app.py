@@ -59,7 +59,8 @@ def test_overview_lookup_and_predict(scored_db: str, trained, synthetic_frame) -
     at.text_input(key="lookup_id").set_value(customer).run()
     texts = " ".join(m.value for m in at.markdown)
     assert f"Segment {expected}: {trained.model.names[expected]}" in texts
-    assert "decision rules" in texts
+    assert f"Why {trained.model.names[expected]}:" in texts
+    assert " vs typical " in texts and "pc1" not in texts and "pc2" not in texts
     at.text_input(key="lookup_id").set_value("no-such-id").run()
     assert any("No scored customer" in w.value for w in at.warning)
     at.button[0].click().run()  # the form's submit button

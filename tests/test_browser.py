@@ -4,12 +4,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from segmentation import scoring
+from segmentation.explain import label
 from tests.helpers import (
     CHROMIUM_ARGS,
     ROOT,
@@ -88,7 +91,7 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
         page.screenshot(path=str(ARTIFACTS / "lookup.png"), full_page=True)
         page.get_by_role("tab", name="Predict").click()
         for feature, value in typed.items():  # every field typed in: the form must use them
-            field = page.get_by_label(re.compile(rf"^{feature} \("))
+            field = page.get_by_label(re.compile(rf"^{re.escape(label(feature))} \("))
             field.fill(f"{value:g}")
             field.press("Tab")
         page.get_by_role("button", name="Predict").click()
@@ -133,3 +136,73 @@ def test_prefect_ui_shows_the_demos_runs(db: str, tmp_path: Path) -> None:
                 browser.close()
     finally:
         stop_prefect_server(home)
+
+
+@contextmanager
+def browser_page(name: str) -> Iterator:  # type: ignore[type-arg]
+    """A Chromium page; its screenshot is saved under test-artifacts/ if the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_or_skip()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        try:
+            yield page
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"{name}-failed.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: str, trained,
+                                                             synthetic_frame) -> None:
+    """What a marketing analyst sees: names (not ids) in the overview, a reason in customer
+    terms with no principal components, a page per segment, and the runs as an ops log."""
+    from playwright.sync_api import expect
+
+    from tests.helpers import query
+
+    names = dict(query(db, "SELECT segment_id, segment_name FROM customer_segments"
+                           " GROUP BY 1, 2"))
+    counts = dict(query(db, "SELECT segment_name, count(*) FROM customer_segments GROUP BY 1"))
+    with browser_page("marketing") as page:
+        page.goto(app_url)
+        expect(page.get_by_text("Customer segments").first).to_be_visible(timeout=60_000)
+        heatmap = page.get_by_role("img").filter(has_text="std. dev.")
+        expect(heatmap).to_be_attached(timeout=30_000)  # its axis names the segments
+        charts = page.locator("main").aria_snapshot()  # what a screen reader hears
+        for name in names.values():
+            assert name in charts, (name, charts[:500])
+        page.get_by_role("tab", name="Lookup").click()
+        customer = str(synthetic_frame["customer_id"].iloc[3])
+        box = page.get_by_label("Customer id")
+        box.fill(customer)
+        box.press("Enter")
+        why = page.get_by_text(re.compile(r"^Why .+: what places this customer here"))
+        expect(why).to_be_visible(timeout=30_000)
+        reasons = page.locator("li").filter(has_text=" vs typical ")
+        expect(reasons.first).to_be_visible()
+        text = " ".join(reasons.all_inner_texts())
+        assert not re.search(r"\bpc\d|z\(|_", text), text  # customer terms only
+        page.get_by_role("tab", name="Segments").click()
+        chosen = names[max(names)]
+        page.get_by_text("Segment", exact=True).first.wait_for()
+        page.locator("[data-testid='stSelectbox']").first.click()
+        page.get_by_role("option", name=chosen).click()
+        expect(page.get_by_text("Who they are")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text(f"{counts[chosen]:,}", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Typical customers")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "segment-page.png"))
+        page.get_by_role("tab", name="Runs").click()
+        expect(page.get_by_text("Scoring runs", exact=True)).to_be_visible(timeout=30_000)
+        run_id = query(db, "SELECT run_id::text FROM scoring_runs")[0][0]
+        table = page.locator("[data-testid='stTable']").first
+        expect(table.get_by_text(run_id[:8], exact=True)).to_be_visible(timeout=30_000)
+        rows = query(db, "SELECT rows_in FROM scoring_runs")[0][0]
+        expect(table.get_by_text(f"{rows:,}", exact=True).first).to_be_visible()
+        assert "{" not in table.inner_text()  # no byte dictionaries
+        page.screenshot(path=str(ARTIFACTS / "runs-page.png"))

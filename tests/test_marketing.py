@@ -13,7 +13,8 @@ from segmentation.training import train_model
 from tests.helpers import load_batch, query
 
 VIEWS = ("segment_summary", "customer_segments_current", "segment_movement",
-         "customer_segments", "segment_names", "champion_log")
+         "customer_segments", "segment_names", "champion_log", "segment_membership",
+         "champion_segment_names")
 
 
 @pytest.fixture
