@@ -123,7 +123,7 @@ def scatter(points: pd.DataFrame, here: pd.DataFrame | None = None) -> None:
                                                                          clamp=True))
     chart = alt.Chart(points).mark_circle(size=18, opacity=0.5).encode(
         x=x, y=y, color=alt.Color("segment:N", scale=alt.Scale(scheme=PALETTE),
-                                  legend=alt.Legend(title="segment")))
+                                  legend=alt.Legend(title="segment", labelLimit=320)))
     if here is not None:
         chart += alt.Chart(here).mark_point(shape="diamond", size=400, filled=True,
                                             color="black", stroke="white",
@@ -160,7 +160,8 @@ def sizes_chart(moves: pd.DataFrame, names: dict[int, str]) -> None:
         x=alt.X("run:N", title="scoring run", axis=alt.Axis(labelAngle=-30)),
         xOffset="segment:N",
         y=alt.Y("customers:Q", title="customers", axis=alt.Axis(format=",d")),
-        color=alt.Color("segment:N", scale=alt.Scale(scheme=PALETTE)),
+        color=alt.Color("segment:N", scale=alt.Scale(scheme=PALETTE),
+                        legend=alt.Legend(labelLimit=320)),
         tooltip=["segment:N", "run:N", alt.Tooltip("customers:Q", format=",d")])
     st.altair_chart(chart, width="stretch")
 
@@ -244,11 +245,18 @@ def segment_page(url: str) -> None:
         "difference (std. dev.)": [round(float((centre[i] - scaler.mean_[i]) / scaler.scale_[i]),
                                          2) for i in range(len(FEATURES))]})
     st.dataframe(profile, hide_index=True, width="stretch", height=35 * 18 + 3)
-    sizes = summary("segment_sizes_by_run", url)
-    sizes = sizes[sizes["segment_id"] == segment]
+    every = summary("segment_sizes_by_run", url)
+    sizes = every[every["segment_id"] == segment]
     if not sizes.empty:
-        st.subheader("Size over the last scoring runs")
-        sizes_chart(sizes, names)
+        st.subheader("Size and share over the last scoring runs")
+        totals = every.groupby("started_at")["customers"].sum()
+        table = pd.DataFrame({
+            "run started (UTC)": times(sizes["started_at"]),
+            "customers": sizes["customers"].astype(int).map("{:,}".format),
+            "share": [f"{n / totals[t]:.1%}" for t, n in zip(sizes["started_at"],
+                                                               sizes["customers"],
+                                                               strict=True)]})
+        st.table(table.iloc[::-1], hide_index=True)
     st.subheader("Moving in and out, per run")
     moves = data.segment_movement(get_engine(url), segment)
     if moves.empty:

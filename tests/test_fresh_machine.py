@@ -18,7 +18,10 @@ def test_an_unreachable_configured_server_stops_the_run_with_one_line(tmp_path: 
     env = {**os.environ,
            "SEGMENTATION_TEST_DATABASE_URL": "postgresql+psycopg://ops:pw@127.0.0.1:1/postgres"}
     started = time.monotonic()
+    # its own basetemp: a second session on /tmp/pytest-of-<user> would reset that folder to
+    # 0700 under the embedded servers of this one
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "--basetemp", str(tmp_path / "inner"),
                           "tests/segmentation/test_db.py"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     out = run.stdout + run.stderr
