@@ -16,9 +16,13 @@ def real_champion(real_frame: pd.DataFrame):
     return train_model(real_frame, "m-real-0001", k=4, random_state=42)
 
 
-def test_real_data_tree_agreement_at_least_96_percent(real_champion) -> None:
+def test_real_data_rules_over_the_17_features_agree_at_least_92_percent(real_champion
+                                                                          ) -> None:
+    """Rules over the customer features alone plateau near 93.5 % on the real data (the
+    exact per-customer reason comes from explain.py); no principal component is an input."""
     metrics = real_champion.metrics
-    assert metrics["tree"]["agreement"] >= 0.96
+    assert real_champion.model.tree.n_features_in_ == 17
+    assert metrics["tree"]["agreement"] >= 0.92
     assert metrics["tree"]["holdout_rows"] == pytest.approx(8_950 * 0.25, abs=1)
     assert metrics["k"] == 4 and len(set(real_champion.sizes)) == 4
     assert not real_champion.gate_failures
