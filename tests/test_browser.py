@@ -50,6 +50,26 @@ def app_url(db: str, trained, models_dir: Path, synthetic_csv: Path):
         server.wait(10)
 
 
+@contextmanager
+def browser_page(name: str) -> Iterator:  # type: ignore[type-arg]
+    """A Chromium page; its screenshot is saved under test-artifacts/ if the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_or_skip()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        try:
+            yield page
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / f"{name}-failed.png"))
+            raise
+        finally:
+            browser.close()
+
+
 def what_if_customer(trained, frame) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """A complete customer whose segment differs from the form's defaults (the training
     medians), so a form that ignored what was typed would show the wrong segment."""
@@ -67,18 +87,13 @@ def what_if_customer(trained, frame) -> dict[str, float]:  # type: ignore[no-unt
 
 
 def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    executable = chromium_or_skip()
     customer = str(synthetic_frame["customer_id"].iloc[0])
     segment = int(trained.model.predict(synthetic_frame.iloc[[0]])[0])
     typed = what_if_customer(trained, synthetic_frame)
     predicted = int(trained.model.predict(pd.DataFrame([typed]))[0])
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with browser_page("lookup-predict") as page:
         page.goto(app_url)
         expect(page.get_by_text("Customer segments").first).to_be_visible(timeout=60_000)
         page.get_by_role("tab", name="Lookup").click()
@@ -99,16 +114,15 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
                .filter(visible=True)) \
             .to_be_visible(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
-        browser.close()
 
 
 def test_prefect_ui_shows_the_demos_runs(db: str, tmp_path: Path) -> None:
     """The demo's last line is the Prefect UI of the kept server, and its runs are there."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from segmentation.prefect_server import stop_prefect_server
 
-    executable = chromium_or_skip()
+    chromium_or_skip()  # before the demo: skip at once without a browser
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(SEGMENTATION_DATABASE_URL=db, SEGMENTATION_HOME=str(home),
@@ -121,41 +135,14 @@ def test_prefect_ui_shows_the_demos_runs(db: str, tmp_path: Path) -> None:
                          if line.startswith("see the runs:"))
         runs_url = runs_line.split()[3]
         assert runs_url.startswith("http://127.0.0.1:") and runs_url.endswith("/runs")
-        ARTIFACTS.mkdir(exist_ok=True)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True,
-                                        args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        with browser_page("prefect-runs") as page:
             page.goto(runs_url)
-            try:  # flow names of the runs the demo just made, read from the UI's API
-                for flow_name in ("retrain", "nightly-scoring"):
-                    expect(page.get_by_text(flow_name, exact=True).first).to_be_visible(
-                        timeout=60_000)
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "prefect-runs.png"), full_page=True)
-                browser.close()
+            for flow_name in ("retrain", "nightly-scoring"):  # the runs the demo just made
+                expect(page.get_by_text(flow_name, exact=True).first).to_be_visible(
+                    timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "prefect-runs.png"))
     finally:
         stop_prefect_server(home)
-
-
-@contextmanager
-def browser_page(name: str) -> Iterator:  # type: ignore[type-arg]
-    """A Chromium page; its screenshot is saved under test-artifacts/ if the test fails."""
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_or_skip()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2400})
-        try:
-            yield page
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / f"{name}-failed.png"))
-            raise
-        finally:
-            browser.close()
 
 
 def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: str, trained,
