@@ -187,7 +187,7 @@ def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: 
         page.get_by_role("tab", name="Runs").click()
         expect(page.get_by_text("Scoring runs", exact=True)).to_be_visible(timeout=30_000)
         run_id = query(db, "SELECT run_id::text FROM scoring_runs")[0][0]
-        table = page.locator("[data-testid='stTable']").first
+        table = page.get_by_role("tabpanel", name="Runs").locator("[data-testid='stTable']").first
         expect(table.get_by_text(run_id[:8], exact=True)).to_be_visible(timeout=30_000)
         rows = query(db, "SELECT rows_in FROM scoring_runs")[0][0]
         expect(table.get_by_text(f"{rows:,}", exact=True).first).to_be_visible()
