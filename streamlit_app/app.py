@@ -438,7 +438,8 @@ def runs_page(url: str) -> None:
 def models_page(url: str) -> None:
     st.header("Models")
     versions = summary("model_versions", url)
-    versions = versions.assign(created=times(versions["created_at"], "%Y-%m-%d %H:%M"))
+    versions = versions.assign(created=times(versions["created_at"], "%Y-%m-%d %H:%M"),
+                               status_reason=versions["status_reason"].fillna(""))
     st.dataframe(versions[["version", "status", "k", "created", "agreement", "silhouette",
                            "status_reason"]],
         hide_index=True, width="stretch",
