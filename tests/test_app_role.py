@@ -98,9 +98,10 @@ def test_exports_are_off_by_default_and_recorded_when_allowed(app_url: str, db: 
     monkeypatch.setenv("SEGMENTATION_APP_ALLOW_EXPORT", "true")
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
-    at.multiselect[0].set_value([2]).run()
-    next(b for b in at.button if "Prepare the export" in b.label).click().run()
-    count = query(db, "SELECT count(*) FROM customer_segments WHERE segment_id = 2")[0][0]
+    count, name = query(db, "SELECT count(*), segment_name FROM customer_segments"
+                            " WHERE segment_id = 2 GROUP BY 2")[0]
+    at.multiselect(key="export_overview").set_value([name]).run()  # picked by name
+    at.button(key="export_overview_go").click().run()
     assert query(db, "SELECT exported_by, segments, rows FROM export_log") == \
         [("anonymous (no login configured)", [2], count)]
 
