@@ -97,19 +97,6 @@ def export_rules(model: SegmentationModel) -> str:
     return "\n".join(out) + "\n"
 
 
-def decision_path(model: SegmentationModel, row: pd.DataFrame) -> tuple[int, list[str]]:
-    """The tree's segment for one customer and the conditions that led there."""
-    inputs = model.tree_inputs(model.standardize(row))
-    t = model.tree.tree_
-    node, steps = 0, []
-    while t.children_left[node] != -1:
-        feat, thr = int(t.feature[node]), float(t.threshold[node])
-        left = inputs[0, feat] <= thr
-        steps.append(_condition(model, feat, thr, left))
-        node = int(t.children_left[node] if left else t.children_right[node])
-    return int(model.tree.predict(inputs)[0]), steps
-
-
 def path_in_words(model: SegmentationModel, row: pd.DataFrame) -> tuple[int, list[str]]:
     """The tree's segment for one customer and its path with each feature once, in the
     data's units ("months with purchases at most 58%", "cash advance 310 to 4,800")."""
