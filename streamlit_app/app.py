@@ -82,9 +82,8 @@ def times(series: pd.Series, fmt: str = "%Y-%m-%d %H:%M:%S") -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.strftime(fmt)
 
 
-def champion_names(url: str) -> dict[int, str]:
-    """The champion's segment id -> name, as readers see it (renames applied)."""
-    segments = summary("champion_segments", url)
+def champion_names(segments: pd.DataFrame) -> dict[int, str]:
+    """The champion's segment id -> name (a champion_segments read: renames applied)."""
     return {int(i): str(n) for i, n in zip(segments["segment_id"], segments["name"],
                                            strict=True)}
 
@@ -96,20 +95,24 @@ def named(segment_id: int, names: dict[int, str]) -> str:
 
 @st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
 def projected_sample(url: str, version: str, stamp: str) -> pd.DataFrame:
-    """A sample of scored customers projected on the model's two PCA axes, by segment name."""
+    """A sample of scored customers projected on the model's two PCA axes, with their
+    segment ids (named by the caller: a rename needs no new projection)."""
     sample = data.sample_customers(get_engine(url))
     model = get_model(url, version)
     points = model.pca.transform(model.standardize(sample))
-    names = champion_names(url)
     return pd.DataFrame({"pc1": points[:, 0], "pc2": points[:, 1],
-                         "segment": [named(s, names) for s in sample["segment_id"]]})
+                         "segment_id": sample["segment_id"].to_numpy()})
 
 
-def scatter(points: pd.DataFrame, here: pd.DataFrame | None = None) -> None:
+def scatter(points: pd.DataFrame, names: dict[int, str],
+            here: pd.DataFrame | None = None) -> None:
     """Customers on the two principal axes, one distinct colour per segment, the axes cut
     at the 1st and 99th percentiles (a few outliers would squash the rest), and a what-if
     customer drawn large on top."""
     import altair as alt
+
+    points = points.drop(columns="segment_id").assign(
+        segment=[named(i, names) for i in points["segment_id"]])
 
     def domain(column: str) -> list[float]:
         low, high = points[column].quantile([0.01, 0.99])
@@ -172,7 +175,7 @@ def overview(url: str) -> None:
     if segments.empty or segments["customers"].sum() == 0:
         st.info("No scored customers yet: run `segmentation score`.")
         return
-    names = champion_names(url)
+    names = champion_names(segments)
     st.caption(f"champion model {segments['version'].iloc[0]}")
     st.dataframe(segments[["name", "segment_id", "customers", "share", "profile"]],
                  hide_index=True, width="stretch",
@@ -196,7 +199,7 @@ def overview(url: str) -> None:
         st.dataframe(table, width="stretch")
     st.subheader("Customers on the first two principal axes")
     version = str(segments["version"].iloc[0])
-    scatter(projected_sample(url, version, data.freshness(get_engine(url))))
+    scatter(projected_sample(url, version, data.freshness(get_engine(url))), names)
     export_picker(url, names, key="export_overview")
 
 
@@ -222,7 +225,7 @@ def segment_page(url: str) -> None:
     if segments.empty:
         st.info("No champion model yet: run `segmentation train`.")
         return
-    names = champion_names(url)
+    names = champion_names(segments)
     chosen = st.selectbox("Segment", [named(i, names) for i in names], key="segment_pick")
     segment = next(i for i in names if named(i, names) == chosen)
     row = segments[segments["segment_id"] == segment].iloc[0]
@@ -392,7 +395,8 @@ def predict(url: str) -> None:
         point = model.pca.transform(model.standardize(row))[0]
         here = pd.DataFrame({"pc1": [point[0]], "pc2": [point[1]],
                              "label": ["this customer"]})
-        scatter(projected_sample(url, model.version, data.freshness(get_engine(url))), here)
+        scatter(projected_sample(url, model.version, data.freshness(get_engine(url))),
+                {i: n for i, (n, _) in names.items()}, here)
 
 
 def runs_page(url: str) -> None:
