@@ -20,6 +20,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """The real `segmentation` command, started in the background (output captured)."""
+    return subprocess.Popen([sys.executable, "-m", "segmentation.cli", *args], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
     """Fetch all rows of a statement (test helper)."""
     with psycopg.connect(conninfo(url)) as conn:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from segmentation.prefect_server import read_state, running_server, stop_prefect_server
-from tests.helpers import ROOT
+from tests.helpers import ROOT, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,7 @@ def env_for(home: Path, db: str) -> dict[str, str]:
 
 
 def segmentation(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "segmentation.cli", *args], env=env,
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(*args, env=env)
 
 
 def test_commands_starting_together_share_one_server_and_later_ones_reuse_it(

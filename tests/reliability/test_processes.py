@@ -11,15 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import ROOT, free_port, wait_for_http
+from tests.helpers import ROOT, free_port, start_cli, wait_for_http
 
 pytestmark = pytest.mark.reliability
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     """The real `segmentation` command, started in the background."""
-    return subprocess.Popen([sys.executable, "-m", "segmentation.cli", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(*args, env=env)
 
 
 def listening(port: int) -> bool:
