@@ -1,6 +1,12 @@
-"""Scoring at N customers: raw COPY floor, the naive notebook path, and ours, in one run.
+"""Scoring at N customers: raw COPY floor, the naive notebook path, the Spark peer and
+ours, in one run.
 
     python benchmarks/bench_scoring.py [--rows 1000000] [--naive/--no-naive]
+        [--spark /tmp/spark-venv/bin/python]
+
+--spark runs ../shared/peers/spark_jdbc_scoring.py (its docstring has the set-up) with that
+Python against the same `customers` table, after our stages, and reports its job time
+(read + predict + write every customer: what a night that rewrites every customer does).
 
 Each stage runs in its own process, process start included; the peak RSS of its process
 tree is sampled every 20 ms with psutil. "Ours" is the CLI a user or the deployment runs:
@@ -119,6 +125,40 @@ def reset_segments(url: str) -> None:
         conn.execute("TRUNCATE segment_assignments, segment_history")
 
 
+PEER = ROOT.parent / "shared" / "peers" / "spark_jdbc_scoring.py"
+REAL_CSV = ROOT.parent / "shared" / "data" / "customer_data.csv"
+
+
+def spark_peer(python: str, url: str, rows: int) -> float:
+    """The Spark peer's job seconds (read + predict + write), on this database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    with connection(url) as conn:
+        conn.execute("DROP TABLE IF EXISTS peer_spark_segments")
+        conn.execute("CREATE TABLE peer_spark_segments (customer_id text PRIMARY KEY,"
+                     " segment_id smallint, model_version text, scored_at timestamptz)")
+    env = {**os.environ, "PGHOST": parsed.host or "127.0.0.1", "PGPORT": str(parsed.port or 5432),
+           "PGUSER": parsed.username or "postgres"}
+    t0 = time.perf_counter()
+    out = subprocess.run([python, str(PEER), str(REAL_CSV), str(parsed.database)], env=env,
+                         capture_output=True, text=True, check=False)
+    total = time.perf_counter() - t0
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    if out.returncode != 0 or line is None:
+        print(out.stdout[-2000:], out.stderr[-3000:])
+        raise SystemExit(f"the Spark peer failed with status {out.returncode}")
+    fields = line.split()
+    figures = dict(zip(fields[1::2], map(float, fields[2::2]), strict=True))
+    with connection(url) as conn:
+        written = conn.execute("SELECT count(*) FROM peer_spark_segments").fetchone()
+    print(f"{'(s) Spark peer (local[2], JDBC): job':<46} {figures['job']:>7.2f} s "
+          f"{rows / figures['job']:>11,.0f} rows/s  (start {figures['start']:.1f} s, fit "
+          f"{figures['fit']:.1f} s, process {total:.1f} s; wrote {written[0] if written else 0:,})",
+          flush=True)
+    return figures["job"]
+
+
 def full_snapshot(original: Path, out: Path, rows: int) -> None:
     """Every customer of the original file, the first 1 % with new values (another seed)."""
     from segmentation.generate import generate_csv
@@ -135,6 +175,8 @@ def full_snapshot(original: Path, out: Path, rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--spark", default=None,
+                        help="a Python with pyspark: also run the Spark peer")
     parser.add_argument("--naive", action=argparse.BooleanOptionalAction, default=None,
                         help="run the naive path (default: only up to 2 M rows, it needs "
                              "about 2.2 GB per million)")
@@ -172,11 +214,14 @@ def main() -> None:
                             [*cli, "nightly"], env, args.rows)
             stage("(c') segmentation nightly again (no-op)", [*cli, "nightly"], env, args.rows)
             reset_segments(url)
-            single = stage("(d) segmentation score --mode full", [*cli, "score", "--mode",
-                                                                  "full"], env, args.rows)
+            single = stage("(d) segmentation score --mode full, empty table",
+                           [*cli, "score", "--mode", "full"], env, args.rows)
             reset_segments(url)
             dask = stage("(e) same, --partitions 2 (local Dask)",
                          [*cli, "score", "--mode", "full", "--partitions", "2"], env, args.rows)
+            reset_segments(url)  # (f) onwards start from the one-process publish
+            stage("    (d) again, to start (f) from", [*cli, "score", "--mode", "full"], env,
+                  args.rows)
             delta = Path(tmp) / "delta.csv"  # a typical night: 1 % of customers changed
             generate_csv(delta, max(1, args.rows // 100), 6)  # same ids, new values
             ingest_csv(url, delta)
@@ -198,12 +243,27 @@ def main() -> None:
                 retrained, force=True)
             after_retrain = stage("(h) nightly after a retrain (all rescored)",
                                   [*cli, "nightly"], env, args.rows)
-        ratios = [f"floor/nightly {floor / nightly:.2f}", f"dask/single {dask / single:.2f}",
-                  f"floor/typical night {floor / typical:.2f}",
-                  f"floor/snapshot night {floor / snapshot:.2f}",
-                  f"floor/after-retrain night {floor / after_retrain:.2f}"]
+            retrained_again = train_model(load_training_frame(url, 200_000, 44),
+                                          registry.new_version(), k=4, k_range=range(0),
+                                          random_state=44, champion=retrained.model)
+            register_and_gate(url, registry.save_version(
+                retrained_again.model, retrained_again.metrics, retrained_again.sizes,
+                Path(tmp) / "models"), retrained_again, force=True)
+            retrain_dask = stage("(i) (h) with --partitions 2 (local Dask)",
+                                 [*cli, "nightly", "--partitions", "2"], env, args.rows)
+            spark = spark_peer(args.spark, url, args.rows) if args.spark else None
+        ratios = [f"floor/(c) first nightly {floor / nightly:.2f}",
+                  f"floor/(d) first scoring {floor / single:.2f}",
+                  f"floor/(h) after retrain {floor / after_retrain:.2f}",
+                  f"(e)/(d) dask/single {dask / single:.2f}",
+                  f"(i)/(h) dask/single {retrain_dask / after_retrain:.2f}",
+                  f"floor/(f) typical {floor / typical:.2f}",
+                  f"floor/(g) snapshot {floor / snapshot:.2f}"]
         if naive is not None:
             ratios.insert(1, f"naive/nightly {naive / nightly:.2f}")
+        if spark is not None:
+            ratios += [f"spark/(d) {spark / single:.2f}", f"spark/(h) {spark / after_retrain:.2f}",
+                       f"spark/(c) {spark / nightly:.2f}"]
         print("   ".join(ratios))
 
 

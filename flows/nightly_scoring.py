@@ -63,13 +63,14 @@ def check_ready(model_version: str, mode: Literal["full", "incremental"]) -> sco
 @db_task
 def score_partition(model_version: str, mode: Literal["full", "incremental"], run_id: str,
                     part: int, parts: int, chunk_rows: int,
-                    since: datetime | None) -> scoring.PartitionResult:
-    """Score one hash partition into scoring_stage (a retry replaces the partition)."""
+                    start: scoring.RunStart) -> scoring.PartitionResult:
+    """Score one hash partition into scoring_stage, or into a build table of its own on a
+    night that rewrites every row (a retry replaces the partition)."""
     logger = get_run_logger()
     with track(f"partition {part + 1}/{parts}", log=logger.info) as update:
         staged = scoring.stage_partition(database_url(), deferred_model(model_version), mode,
-                                         run_id, part, parts, chunk_rows, since,
-                                         lambda rows, _s: update(rows))
+                                         run_id, part, parts, chunk_rows, start.since,
+                                         lambda rows, _s: update(rows), build=start.rebuild)
     logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
                 f"{staged.rows:,}", staged.seconds)
     return staged
@@ -103,7 +104,7 @@ def partitioned_scoring(model_version: str, mode: Literal["full", "incremental"]
     try:
         staged = score_partition.map(unmapped(model_version), unmapped(mode), unmapped(run_id),
                                      range(partitions), unmapped(partitions),
-                                     unmapped(chunk_rows), unmapped(start.since)).result()
+                                     unmapped(chunk_rows), unmapped(start)).result()
         return publish_partitions(model_version, mode, run_id, staged, wait, wait_timeout_s,
                                   start.started_at)
     except BaseException:

@@ -1,5 +1,5 @@
 """Publishing a run's scores (the writer's `scored_stage`) into `segment_assignments`, with
-history, in the caller's transaction: nothing is visible until it commits.
+its movers' history, in the caller's transaction: nothing is visible until it commits.
 
 The publish upserts the changed rows, or, when they are a large share of the table, builds
 the table anew and swaps it in as the parent's only partition (sql/006_swap_publish.sql).
@@ -15,22 +15,24 @@ import psycopg
 from psycopg import sql
 
 from segmentation.db import merge_joins
+from segmentation.rebuild import build_name, index_build, swap_in
 from segmentation.runs import ScoreResult
 
 # A run writing at least this share of the published table builds a new partition and
 # swaps it in: an UPDATE through the indexes costs several times more per row written than
-# building and indexing the whole table costs per row held.
+# building and indexing the whole table costs per row held. (Nights known in advance to
+# rewrite every row skip the staging table altogether: segmentation.rebuild.)
 SWAP_SHARE = 0.25
-SWAP_LOCK_TIMEOUT = "10s"  # readers holding the table longer: fall back to the upsert
 
 
 def publish(conn: psycopg.Connection, result: ScoreResult, scored_at: datetime) -> int:
     """scored_stage -> segment_assignments + segment_history, in the caller's transaction.
 
-    One diff pass finds what changed; only those rows are written (a rerun writes nothing).
-    A run that rewrites at least SWAP_SHARE of the table builds a new partition and swaps it
-    in; otherwise new customers are plain INSERTs and known ones UPDATEs (no ON CONFLICT).
-    Returns the number of history rows (customers whose segment or model changed).
+    One diff pass finds what changed; only those rows are written (a rerun writes nothing),
+    and only movers get a history row (a new customer's first run is a fact of its
+    published row). A run that rewrites at least SWAP_SHARE of the table builds a new
+    partition and swaps it in; otherwise new customers are plain INSERTs and known ones
+    UPDATEs (no ON CONFLICT). Returns the customers whose segment or model changed.
     """
     params = {"v": result.model_version, "ts": scored_at, "run": result.run_id,
               # incremental: every selected row is new or changed since it was scored
@@ -43,21 +45,27 @@ def publish(conn: psycopg.Connection, result: ScoreResult, scored_at: datetime) 
             "CREATE TEMP TABLE segment_changes ON COMMIT DROP AS"
             " SELECT st.customer_id, st.segment_id,"
             " cs.customer_id IS NULL AS is_new, cs.segment_id AS old_segment_id,"
-            " cs.model_version AS old_model_version, (cs.customer_id IS NULL"
-            "  OR cs.segment_id <> st.segment_id OR cs.model_version <> %(v)s) AS moved"
+            " cs.model_version AS old_model_version, cs.first_run_id AS old_first_run_id,"
+            " coalesce(cs.segment_id <> st.segment_id, false) AS moved,"
+            " (cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
+            "  OR cs.model_version <> %(v)s) AS changed"
             " FROM scored_stage st LEFT JOIN segment_assignments cs USING (customer_id)"
             " WHERE %(touch_all)s OR cs.customer_id IS NULL OR cs.segment_id <> st.segment_id"
             " OR cs.model_version <> %(v)s"
             # key order: the index inserts below append instead of scattering
             " ORDER BY st.customer_id", params).rowcount
     conn.execute("ANALYZE segment_changes")
-    changed = conn.execute(
+    result.rows_moved = conn.execute(
         "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
         " old_model_version, new_model_version, changed_at, run_id)"
         " SELECT customer_id, old_segment_id, segment_id, old_model_version, %(v)s, %(ts)s,"
         " %(run)s FROM segment_changes WHERE moved", params).rowcount
+    row = conn.execute("SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE changed)"
+                       " FROM segment_changes").fetchone()
+    assert row is not None
+    result.rows_new, changed = int(row[0]), int(row[1])
     swapped = bool(written) and written >= SWAP_SHARE * published_rows(conn) \
-        and swap_partition(conn, params)
+        and swap_partition(conn, result, params)
     if not swapped:
         upsert_changes(conn, params)
     result.published_by = "swap" if swapped else "upsert"
@@ -77,52 +85,33 @@ def upsert_changes(conn: psycopg.Connection, params: dict[str, Any]) -> None:
     """Write segment_changes into segment_assignments row by row: INSERT new, UPDATE known."""
     conn.execute(
         "INSERT INTO segment_assignments (customer_id, segment_id, model_version, scored_at,"
-        " run_id) SELECT customer_id, segment_id, %(v)s, %(ts)s, %(run)s FROM segment_changes"
-        " WHERE is_new", params)
+        " run_id, first_run_id) SELECT customer_id, segment_id, %(v)s, %(ts)s, %(run)s,"
+        " %(run)s FROM segment_changes WHERE is_new", params)
     conn.execute(
         "UPDATE segment_assignments cs SET segment_id = ch.segment_id, model_version = %(v)s,"
         " scored_at = %(ts)s, run_id = %(run)s FROM segment_changes ch"
         " WHERE ch.customer_id = cs.customer_id AND NOT ch.is_new", params)
 
 
-def swap_partition(conn: psycopg.Connection, params: dict[str, Any]) -> bool:
+def swap_partition(conn: psycopg.Connection, result: ScoreResult,
+                   params: dict[str, Any]) -> bool:
     """Build segment_assignments anew (unchanged rows + segment_changes), index it in bulk
-    and swap it in for the old partition. Readers are blocked only for the DETACH/ATTACH at
-    the end; if they hold the table longer than SWAP_LOCK_TIMEOUT, undo and return False."""
-    conn.execute("SAVEPOINT swap_publish")
-    try:
-        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # index sorts in memory
-        conn.execute("CREATE TABLE segment_assignments_next"
-                     " (LIKE segment_assignments INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-        with merge_joins(conn):  # the anti join
-            conn.execute(
-                "INSERT INTO segment_assignments_next (customer_id, segment_id, model_version,"
-                " scored_at, run_id) SELECT customer_id, segment_id, %(v)s, %(ts)s, %(run)s"
-                " FROM segment_changes UNION ALL SELECT cs.customer_id, cs.segment_id,"
-                " cs.model_version, cs.scored_at, cs.run_id FROM segment_assignments cs"
-                " WHERE NOT EXISTS (SELECT FROM segment_changes ch"
-                " WHERE ch.customer_id = cs.customer_id)", params)
-        conn.execute("ALTER TABLE segment_assignments_next"
-                     " ADD CONSTRAINT segment_assignments_next_pkey PRIMARY KEY (customer_id)")
-        conn.execute("CREATE INDEX segment_assignments_next_segment_idx"
-                     " ON segment_assignments_next (segment_id)")
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (SWAP_LOCK_TIMEOUT,))
-        old = conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits"
-                           " WHERE inhparent = 'segment_assignments'::regclass").fetchall()
-        for (name,) in old:
-            conn.execute(sql.SQL("ALTER TABLE segment_assignments DETACH PARTITION {}")
-                         .format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
-    except psycopg.errors.LockNotAvailable:
-        conn.execute("ROLLBACK TO SAVEPOINT swap_publish")
-        return False
-    # the old partition is gone: the new one takes its names
-    conn.execute("ALTER TABLE segment_assignments_next RENAME TO segment_assignments_p")
-    conn.execute("ALTER INDEX segment_assignments_next_pkey RENAME TO segment_assignments_p_pkey")
-    conn.execute("ALTER INDEX segment_assignments_next_segment_idx"
-                 " RENAME TO segment_assignments_p_segment_idx")
-    conn.execute("ALTER TABLE segment_assignments ATTACH PARTITION segment_assignments_p"
-                 " FOR VALUES WITH (MODULUS 1, REMAINDER 0)")
-    conn.execute("RELEASE SAVEPOINT swap_publish")
-    return True
+    and swap it in for the old partitions (rebuild.swap_in). If readers hold the table
+    longer than its lock timeout, drop the build and return False."""
+    table = build_name(result.run_id)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE segment_assignments INCLUDING DEFAULTS"
+                         " INCLUDING CONSTRAINTS)").format(sql.Identifier(table)))
+    with merge_joins(conn):  # the anti join
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (customer_id, segment_id, model_version, scored_at, run_id,"
+            " first_run_id) SELECT customer_id, segment_id, %(v)s, %(ts)s, %(run)s,"
+            " coalesce(old_first_run_id, %(run)s) FROM segment_changes"
+            " UNION ALL SELECT cs.customer_id, cs.segment_id, cs.model_version, cs.scored_at,"
+            " cs.run_id, cs.first_run_id FROM segment_assignments cs"
+            " WHERE NOT EXISTS (SELECT FROM segment_changes ch"
+            " WHERE ch.customer_id = cs.customer_id)").format(sql.Identifier(table)), params)
+    index_build(conn, table)
+    if swap_in(conn, [table]):
+        return True
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    return False

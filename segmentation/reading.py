@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,26 @@ Progress = Callable[[int, float], None]
 
 if TYPE_CHECKING:
     import pandas as pd
+
+# What a build's reader adds to each customer (rebuild.select_for_build): the published
+# segment, the first run, and whether the same model scored it.
+OLD_COLUMNS = ("old_segment_id", "old_first_run_id", "old_same_model")
+
+
+@dataclass
+class Comparison:
+    """Tonight's segments against the published rows, counted while streaming."""
+
+    new: int = 0  # no published row before
+    moved: int = 0  # published in another segment
+    switched: int = 0  # same segment, scored before by another model
+
+    def add(self, other: Comparison) -> None:
+        """Sum partitions' counts."""
+        self.new += other.new
+        self.moved += other.moved
+        self.switched += other.switched
+
 
 class Classifier(Protocol):
     """What a run scores with: a model's version and its predict (a SegmentationModel, or
@@ -60,49 +81,63 @@ def select_customers(mode: Mode, model_version: str,
     return query
 
 
-def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
-                ) -> Iterator[pd.DataFrame]:
-    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
+def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
+                compare: bool = False) -> Iterator[pd.DataFrame]:
+    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows
+    (with OLD_COLUMNS after the features when compare)."""
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
     rows: list[bytes] = []
     with conn.cursor().copy(statement) as copy:
         for row in copy:  # one CSV record per item
             rows.append(bytes(row))
             if len(rows) >= chunk_rows:
-                yield _parse(rows)
+                yield _parse(rows, compare)
                 rows = []
     if rows:
-        yield _parse(rows)
+        yield _parse(rows, compare)
 
 
-def read_types(pa: Any) -> dict[str, Any]:
+def read_types(pa: Any, compare: bool = False) -> dict[str, Any]:
     """Arrow types of the columns a run reads."""
-    return {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+    types = {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
+    if compare:
+        types.update(zip(OLD_COLUMNS, (pa.int16(), pa.string(), pa.bool_()), strict=True))
+    return types
 
 
-def _parse(rows: list[bytes]) -> pd.DataFrame:
+def _parse(rows: list[bytes], compare: bool = False) -> pd.DataFrame:
     """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim). pyarrow is
     imported on the first rows: a night with nothing to score never loads it."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    names = list(COLUMNS) + (list(OLD_COLUMNS) if compare else [])
     table = pacsv.read_csv(
         io.BytesIO(b"".join(rows)),
-        read_options=pacsv.ReadOptions(column_names=list(COLUMNS)),
+        read_options=pacsv.ReadOptions(column_names=names),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types=read_types(pa),
-                                             strings_can_be_null=False,
-                                             quoted_strings_can_be_null=False))
+        convert_options=pacsv.ConvertOptions(
+            column_types=read_types(pa, compare), true_values=["t"], false_values=["f"],
+            # an id is never null; the old columns are null for a new customer
+            strings_can_be_null=compare, quoted_strings_can_be_null=False))
     return table.to_pandas()
 
 
-def encode_scores(ids: pd.Series, segments: Any) -> bytes:
-    """(customer_id, segment_id) as CSV for COPY FROM STDIN."""
+def encode_scores(ids: pd.Series, segments: Any, old: pd.DataFrame | None = None,
+                  run_id: str = "") -> bytes:
+    """(customer_id, segment_id) as CSV for COPY FROM STDIN; with the old rows, also the
+    old segment and the first run (this run's for a new customer)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    table = pa.table({"customer_id": pa.array(ids, type=pa.string()),
-                      "segment_id": pa.array(segments, type=pa.int16())})
+    columns = {"customer_id": pa.array(ids, type=pa.string()),
+               "segment_id": pa.array(segments, type=pa.int16())}
+    if old is not None:
+        columns["old_segment_id"] = pa.array(old["old_segment_id"], type=pa.int16(),
+                                             from_pandas=True)
+        columns["first_run_id"] = pa.array(old["old_first_run_id"].fillna(run_id),
+                                           type=pa.string())
+    table = pa.table(columns)
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False,
                                                                  quoting_style="needed"))
@@ -128,19 +163,35 @@ def open_snapshot(reader: psycopg.Connection) -> datetime:
     return taken
 
 
-def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection, copy_sql: str,
-                  query: sql.Composed, model: Classifier, chunk_rows: int,
-                  progress: Progress | None = None) -> tuple[int, float, datetime]:
+def compare_chunk(old: pd.DataFrame, segments: Any) -> Comparison:
+    """Count a chunk's new customers, movers and same-segment model switches."""
+    known = old["old_segment_id"].notna().to_numpy()
+    moved = known & (old["old_segment_id"].fillna(-1).to_numpy() != segments)
+    same_model = old["old_same_model"].fillna(False).to_numpy(dtype=bool)
+    return Comparison(new=int((~known).sum()), moved=int(moved.sum()),
+                      switched=int((known & ~moved & ~same_model).sum()))
+
+
+def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
+                  copy_sql: str | sql.Composed, query: sql.Composed, model: Classifier,
+                  chunk_rows: int, progress: Progress | None = None,
+                  compare_run: str | None = None,
+                  comparison: Comparison | None = None) -> tuple[int, float, datetime]:
     """Reader COPY out -> predict per chunk -> writer COPY in; returns (rows, predict
-    seconds, snapshot time)."""
+    seconds, snapshot time). With compare_run, the query brings each customer's published
+    row (OLD_COLUMNS), which goes into the COPY and is counted into `comparison`."""
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
+    compare = compare_run is not None
     with writer.cursor().copy(copy_sql) as sink:
-        for chunk in iter_chunks(reader, query, chunk_rows):
+        for chunk in iter_chunks(reader, query, chunk_rows, compare):
             t0 = time.perf_counter()
             segments = model.predict(chunk)
             predict_s += time.perf_counter() - t0
-            sink.write(encode_scores(chunk[ID_COLUMN], segments))
+            old = chunk[list(OLD_COLUMNS)] if compare else None
+            if old is not None and comparison is not None:
+                comparison.add(compare_chunk(old, segments))
+            sink.write(encode_scores(chunk[ID_COLUMN], segments, old, compare_run or ""))
             rows += len(chunk)
             if progress:
                 progress(rows, time.perf_counter() - started)

@@ -32,10 +32,12 @@ class ScoreResult:
     rows_in: int = 0
     rows_scored: int = 0
     rows_quarantined: int = 0
-    rows_changed: int = 0
+    rows_changed: int = 0  # new, moved, or scored by another model
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     published_by: str = ""  # "swap": a new partition built and swapped in; "upsert": rows
+    rows_new: int = 0  # first scored by this run
+    rows_moved: int = 0  # changed segment (each one history row)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""
@@ -44,10 +46,12 @@ class ScoreResult:
 
 @dataclass
 class RunStart:
-    """When a partitioned run started (database clock) and its incremental watermark."""
+    """When a partitioned run started (database clock), its incremental watermark, and
+    whether its partitions build the published table anew (segmentation.rebuild)."""
 
     started_at: datetime
     since: datetime | None
+    rebuild: bool = False
 
 
 def refuse_blocked_batches(conn: psycopg.Connection) -> None:
@@ -126,12 +130,13 @@ def succeeded_run(conn: psycopg.Connection, run_id: str) -> ScoreResult | None:
     """The recorded result of run_id if it already succeeded (a retried publish)."""
     row = conn.execute(
         "SELECT model_version, mode, rows_in, rows_scored, rows_quarantined, rows_changed,"
-        " extract(epoch FROM finished_at - started_at), timings, published_by"
-        " FROM scoring_runs WHERE run_id = %s AND status = 'succeeded'", (run_id,)).fetchone()
+        " extract(epoch FROM finished_at - started_at), timings, published_by, rows_new,"
+        " rows_moved FROM scoring_runs WHERE run_id = %s AND status = 'succeeded'",
+        (run_id,)).fetchone()
     if row is None:
         return None
     return ScoreResult(run_id, row[0], row[1], row[2], row[3], row[4], row[5],
-                       round(float(row[6]), 3), dict(row[7]), row[8] or "")
+                       round(float(row[6]), 3), dict(row[7]), row[8] or "", row[9], row[10])
 
 
 def record_run(conn: psycopg.Connection, result: ScoreResult, status: str,
@@ -140,19 +145,22 @@ def record_run(conn: psycopg.Connection, result: ScoreResult, status: str,
     A retry of a failed run overwrites its 'failed' row; a succeeded row is final."""
     conn.execute(
         "INSERT INTO scoring_runs (run_id, model_version, mode, status, started_at, finished_at,"
-        " rows_in, rows_scored, rows_quarantined, rows_changed, timings, published_by, error)"
-        " VALUES (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s)"
+        " rows_in, rows_scored, rows_quarantined, rows_changed, timings, published_by, error,"
+        " rows_new, rows_moved)"
+        " VALUES (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,"
         " finished_at = EXCLUDED.finished_at, rows_in = EXCLUDED.rows_in,"
         " rows_scored = EXCLUDED.rows_scored, rows_quarantined = EXCLUDED.rows_quarantined,"
         " rows_changed = EXCLUDED.rows_changed, timings = EXCLUDED.timings,"
-        " published_by = EXCLUDED.published_by, error = EXCLUDED.error"
+        " published_by = EXCLUDED.published_by, error = EXCLUDED.error,"
+        " rows_new = EXCLUDED.rows_new, rows_moved = EXCLUDED.rows_moved"
         " WHERE scoring_runs.status <> 'succeeded'",
         (result.run_id, result.model_version, result.mode, status, started_at, result.rows_in,
          result.rows_scored, result.rows_quarantined, result.rows_changed,
          Json(result.timings),
          result.published_by if status == "succeeded" else None,  # failed: published nothing
-         error),
+         error,
+         *((result.rows_new, result.rows_moved) if status == "succeeded" else (0, 0))),
     )
 
 

@@ -1,28 +1,39 @@
-"""A scoring run, end to end: read (segmentation.reading), publish (segmentation.publishing)
-and record it (segmentation.runs), all or nothing.
+"""A scoring run, end to end: read (segmentation.reading), publish (segmentation.publishing
+for ordinary nights, segmentation.rebuild for nights that rewrite every row) and record it
+(segmentation.runs), all or nothing.
 
 Two connections: the reader streams customers out; the writer holds the transaction that
-owns the staging table, the run lock and the publish. Nothing is visible to readers of
-`customer_segments` until that transaction commits, so a crash or a killed connection at
-any point leaves the table exactly as it was. Partitioned runs stage each partition in
-`scoring_stage` under the run's id and publish them together; the publish is idempotent by
-run id, so a retried publish task never publishes twice nor records an empty run.
+owns the staging or build table, the run lock and the publish. Nothing is visible to
+readers of `customer_segments` until that transaction commits, so a crash or a killed
+connection at any point leaves the table exactly as it was. Partitioned runs stage each
+partition (in `scoring_stage` under the run's id, or as a build table of its own) and
+publish them together; the publish is idempotent by run id, so a retried publish task
+never publishes twice nor records an empty run.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg import sql
 
+from segmentation import rebuild
 from segmentation.db import connection, is_transient, require_schema
 from segmentation.errors import SegmentationError
 from segmentation.publishing import publish
-from segmentation.reading import Classifier, Progress, select_customers, stream_scores
+from segmentation.reading import (
+    Classifier,
+    Comparison,
+    Progress,
+    select_customers,
+    stream_scores,
+)
 from segmentation.runs import (
+    SCORE_LOCK,
     Mode,
     RunStart,
     ScoreResult,
@@ -37,7 +48,7 @@ from segmentation.runs import (
 
 @dataclass
 class PartitionResult:
-    """What one partition task staged."""
+    """What one partition task staged (table: its build table, when it built one)."""
 
     part: int
     parts: int
@@ -45,6 +56,8 @@ class PartitionResult:
     predict_s: float
     seconds: float
     snapshot_at: datetime | None = None
+    table: str | None = None
+    comparison: Comparison = field(default_factory=Comparison)
 
 
 def claim_quarantined(conn: psycopg.Connection, run_id: str, snapshot_at: datetime) -> int:
@@ -69,6 +82,17 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
         with connection(url) as writer, connection(url) as reader:
             started_at = preflight(writer)
             acquire_run_lock(writer, wait, wait_timeout_s)
+            rebuild.drop_orphans(writer)
+            if rebuild.wants_rebuild(writer, model.version):
+                table = rebuild.build_name(result.run_id)
+                rows, predict_s, snapshot_at, comparison = build_table(
+                    reader, writer, table, result, started_at, model, chunk_rows, progress)
+                result.rows_in = result.rows_scored = rows
+                result.timings["stream_s"] = round(time.perf_counter() - started, 3)
+                result.timings["predict_s"] = round(predict_s, 3)
+                finish_build(writer, result, [table], comparison, started, started_at,
+                             snapshot_at)
+                return result
             since = incremental_since(writer, model.version) if mode == "incremental" else None
             writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
                            " ON COMMIT DROP")
@@ -86,6 +110,53 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
     return result
 
 
+def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: str,
+                result: ScoreResult, scored_at: datetime, model: Classifier, chunk_rows: int,
+                progress: Progress | None = None, partition: tuple[int, int] | None = None
+                ) -> tuple[int, float, datetime, Comparison]:
+    """Stream every customer (of a partition) into a new build table in the writer's
+    transaction, compared with the published rows on the way, then index it."""
+    carry = not rebuild.is_empty(writer)  # nothing published yet: nothing to compare
+    rebuild.create_build(writer, table, result, scored_at)
+    comparison = Comparison()
+    rows, predict_s, snapshot_at = stream_scores(
+        reader, writer, rebuild.copy_into(table, carry),
+        rebuild.select_for_build(model.version, carry, partition), model, chunk_rows,
+        progress, compare_run=result.run_id if carry else None, comparison=comparison)
+    if not carry:
+        comparison.new = rows
+    t0 = time.perf_counter()
+    rebuild.index_build(writer, table)
+    result.timings["index_s"] = round(time.perf_counter() - t0, 3)
+    return rows, predict_s, snapshot_at, comparison
+
+
+def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[str],
+                 comparison: Comparison, started: float, started_at: datetime,
+                 snapshot_at: datetime) -> None:
+    """Movers' history, the swap (or, if readers hold the table too long, an upsert of the
+    build) and the run's record, in the writer's (locked) transaction."""
+    result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
+    t0 = time.perf_counter()
+    moved = sum(rebuild.record_moves(writer, t, result, started_at) for t in tables)
+    if moved != comparison.moved:  # the stream and the table must tell the same story
+        raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"
+                                f" {comparison.moved:,} counted while streaming; not publishing")
+    for table in tables:
+        rebuild.finish_build(writer, table)
+    swapped = rebuild.swap_in(writer, tables)
+    if not swapped:
+        for table in tables:
+            rebuild.upsert_build(writer, table, result, started_at)
+    writer.execute("ANALYZE segment_assignments")
+    result.published_by = "swap" if swapped else "upsert"
+    result.rows_new, result.rows_moved = comparison.new, comparison.moved
+    result.rows_changed = comparison.new + comparison.moved + comparison.switched
+    result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
+    result.seconds = round(time.perf_counter() - started, 3)
+    record_run(writer, result, "succeeded", started_at)
+
+
 def finish_run(writer: psycopg.Connection, result: ScoreResult, started: float,
                started_at: datetime, snapshot_at: datetime) -> None:
     """Publish scored_stage and record the run, in the writer's (locked) transaction."""
@@ -101,19 +172,28 @@ def finish_run(writer: psycopg.Connection, result: ScoreResult, started: float,
 
 
 def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
-    """A partitioned run's preflight: its start and its incremental watermark."""
+    """A partitioned run's preflight: its start, its incremental watermark, and whether its
+    partitions build the table anew."""
     with connection(url) as conn:
         started_at = preflight(conn)
         since = incremental_since(conn, model_version) if mode == "incremental" else None
-        return RunStart(started_at, since)
+        return RunStart(started_at, since, rebuild.wants_rebuild(conn, model_version))
 
 
 def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: int,
                     parts: int, chunk_rows: int = 100_000, since: datetime | None = None,
-                    progress: Progress | None = None) -> PartitionResult:
-    """Score one hash partition into scoring_stage under run_id (a retry replaces it)."""
+                    progress: Progress | None = None,
+                    build: bool | None = None) -> PartitionResult:
+    """Score one hash partition: into a build table of its own when the run rewrites every
+    row (build; None: decide here), else into scoring_stage under run_id. A retry replaces
+    the partition's rows either way."""
     started = time.perf_counter()
     with connection(url) as writer, connection(url) as reader:
+        if build is None:
+            build = rebuild.wants_rebuild(writer, model.version)
+        if build:
+            return build_partition(reader, writer, model, run_id, part, parts, chunk_rows,
+                                   progress, started)
         writer.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = %s",
                        (run_id, part))
         writer.execute("CREATE TEMP TABLE part_stage (customer_id text, segment_id smallint)"
@@ -128,21 +208,59 @@ def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: 
                            round(time.perf_counter() - started, 3), snapshot_at)
 
 
+def build_partition(reader: psycopg.Connection, writer: psycopg.Connection, model: Classifier,
+                    run_id: str, part: int, parts: int, chunk_rows: int,
+                    progress: Progress | None, started: float) -> PartitionResult:
+    """One partition's build table, loaded and indexed here (in parallel with the other
+    partitions) and committed unattached. The run lock is held shared meanwhile: a
+    single-process run cannot publish, nor sweep this table away, until it is done."""
+    writer.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SCORE_LOCK,))
+    table = rebuild.build_name(run_id, part)
+    rebuild.drop_tables(writer, [table])  # a retried partition starts over
+    scored_at = writer.execute("SELECT clock_timestamp()").fetchone()
+    assert scored_at is not None
+    result = ScoreResult(run_id, model.version, "full")
+    rows, predict_s, snapshot_at, comparison = build_table(
+        reader, writer, table, result, scored_at[0], model, chunk_rows, progress,
+        (part, parts))
+    return PartitionResult(part, parts, rows, round(predict_s, 3),
+                           round(time.perf_counter() - started, 3), snapshot_at, table,
+                           comparison)
+
+
 def check_staged(conn: psycopg.Connection, run_id: str, staged: list[PartitionResult]) -> None:
-    """Every partition's rows are in scoring_stage, as many as its task reported."""
+    """Every partition's rows are staged (in scoring_stage or its build table), as many as
+    its task reported."""
     totals = sorted({p.parts for p in staged})
     got = sorted(p.part for p in staged)
     if len(totals) != 1 or got != list(range(totals[0])):
         raise SegmentationError(f"run {run_id} staged partitions {got} of {totals}: "
                                 "refusing to publish an incomplete run")
-    found: dict[int, int] = dict(conn.execute(
-        "SELECT part, count(*) FROM scoring_stage WHERE run_id = %s GROUP BY part",
-        (run_id,)).fetchall())
+    builds = {p.table is not None for p in staged}
+    if builds == {True}:
+        found = {p.part: built_rows(conn, p.table) for p in staged if p.table}
+    elif builds == {False}:
+        found = dict(conn.execute(
+            "SELECT part, count(*) FROM scoring_stage WHERE run_id = %s GROUP BY part",
+            (run_id,)).fetchall())
+    else:
+        raise SegmentationError(f"run {run_id}: some partitions built tables and some staged "
+                                "rows (the published table changed under the run); run again")
     missing = [f"partition {p.part}: {found.get(p.part, 0):,} of {p.rows:,}" for p in staged
                if found.get(p.part, 0) != p.rows]
     if missing:
         raise SegmentationError(f"run {run_id}: staged rows do not match what the partitions "
                                 f"scored ({'; '.join(missing)}); refusing to publish")
+
+
+def built_rows(conn: psycopg.Connection, table: str | None) -> int:
+    """Rows in a partition's build table (0 if it is gone: swept, or never built)."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    if not table or not exists or not exists[0]:
+        return 0
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                       ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
@@ -164,15 +282,25 @@ def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
             done = succeeded_run(writer, run_id)
             if done is not None:  # an earlier attempt committed: publish nothing twice
                 return done
+            rebuild.drop_orphans(writer, keep_run=run_id)
             check_staged(writer, run_id, staged)
-            writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT customer_id,"
-                           " segment_id FROM scoring_stage WHERE run_id = %s", (run_id,))
             result.rows_in = result.rows_scored = sum(p.rows for p in staged)
             result.timings["partitions"] = len(staged)
             result.timings["stream_s"] = max(p.seconds for p in staged)
             result.timings["predict_s"] = round(sum(p.predict_s for p in staged), 3)
             snapshots = [p.snapshot_at for p in staged if p.snapshot_at is not None]
-            finish_run(writer, result, started, started_at, min(snapshots, default=started_at))
+            snapshot_at = min(snapshots, default=started_at)
+            tables = [p.table for p in sorted(staged, key=lambda p: p.part) if p.table]
+            if tables:
+                comparison = Comparison()
+                for p in staged:
+                    comparison.add(p.comparison)
+                finish_build(writer, result, tables, comparison, started, started_at,
+                             snapshot_at)
+                return result
+            writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT customer_id,"
+                           " segment_id FROM scoring_stage WHERE run_id = %s", (run_id,))
+            finish_run(writer, result, started, started_at, snapshot_at)
             writer.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
     except BaseException as exc:
         record_failure(url, result, started_at, exc)
@@ -183,9 +311,10 @@ def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
 
 
 def discard_staged(url: str, run_id: str) -> None:
-    """Best effort: drop an unpublished run's scratch rows."""
+    """Best effort: drop an unpublished run's scratch rows and build tables."""
     try:
         with connection(url) as conn:
             conn.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
+            rebuild.drop_tables(conn, rebuild.unattached_builds(conn, run_id))
     except Exception:
         pass

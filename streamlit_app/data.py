@@ -60,12 +60,13 @@ def segment_names(engine: Engine, version: str) -> dict[int, tuple[str, str]]:
 
 
 def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:
-    """Customers per segment after each of the last runs: the running sum of net moves."""
+    """Customers per segment after each of the last runs: the running sum of each run's
+    arrivals (new customers) and moves in and out."""
     return pd.read_sql(text(
         "WITH moves AS ("
-        " SELECT run_id, new_segment_id AS segment_id, 1 AS delta FROM segment_history"
-        " UNION ALL SELECT run_id, old_segment_id, -1 FROM segment_history"
-        "  WHERE old_segment_id IS NOT NULL),"
+        " SELECT run_id, to_segment AS segment_id, customers AS delta FROM segment_movement"
+        " UNION ALL SELECT run_id, from_segment, -customers FROM segment_movement"
+        "  WHERE from_segment IS NOT NULL),"
         " net AS (SELECT r.started_at, m.segment_id, sum(m.delta) AS delta FROM moves m"
         "  JOIN scoring_runs r USING (run_id) WHERE r.status = 'succeeded' GROUP BY 1, 2),"
         " sized AS (SELECT started_at, segment_id, sum(delta) OVER (PARTITION BY segment_id"
@@ -141,15 +142,10 @@ def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
         "WITH recent AS (SELECT * FROM scoring_runs ORDER BY started_at DESC LIMIT :n)"
         " SELECT r.run_id::text AS run_id, r.started_at, r.model_version, r.mode, r.status,"
         " r.rows_in, r.rows_scored, r.rows_quarantined,"
-        " coalesce(h.moved, 0) AS moved, coalesce(h.new, 0) AS new_customers,"
-        " r.published_by,"
+        " r.rows_moved AS moved, r.rows_new AS new_customers, r.published_by,"
         " round(extract(epoch FROM r.finished_at - r.started_at)::numeric, 1) AS seconds,"
         " r.error"
-        " FROM recent r LEFT JOIN LATERAL ("
-        "  SELECT count(*) FILTER (WHERE old_segment_id <> new_segment_id) AS moved,"
-        "   count(*) FILTER (WHERE old_segment_id IS NULL) AS new"
-        "  FROM segment_history WHERE run_id = r.run_id) h ON true"
-        " ORDER BY r.started_at DESC"), engine, params={"n": limit})
+        " FROM recent r ORDER BY r.started_at DESC"), engine, params={"n": limit})
 
 
 def segment_movement(engine: Engine, segment_id: int, runs: int = 10) -> pd.DataFrame:

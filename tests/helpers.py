@@ -87,22 +87,24 @@ def wait_for_http(url: str, seconds: float = 60) -> None:
 
 
 def drop_connection_after_publish(url: str, monkeypatch, times: int = 1) -> list[str]:  # type: ignore[no-untyped-def]
-    """Make the publish lose its connection after doing its work, before the commit (the
-    first `times` calls). Returns the run id of every call, as made."""
+    """Make the publish lose its connection after doing its work (rows written, run
+    recorded), before the commit (the first `times` calls), whichever way it published.
+    Returns the run id of every call, as made."""
     from segmentation import scoring
     from segmentation.db import connection
 
-    real_publish, calls = scoring.publish, []
+    real_record, calls = scoring.record_run, []
 
-    def publish_then_drop(conn, result, scored_at):  # type: ignore[no-untyped-def]
-        changed = real_publish(conn, result, scored_at)
+    def record_then_drop(conn, result, status, started_at, error=None):  # type: ignore[no-untyped-def]
+        real_record(conn, result, status, started_at, error)
+        if status != "succeeded":
+            return
         calls.append(result.run_id)
         if len(calls) <= times:
             with connection(url, autocommit=True) as killer:
                 killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        return changed
 
-    monkeypatch.setattr(scoring, "publish", publish_then_drop)
+    monkeypatch.setattr(scoring, "record_run", record_then_drop)
     return calls
 
 

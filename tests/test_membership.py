@@ -1,5 +1,7 @@
-"""segment_membership and segment_movement against a replay of segment_history in Python,
-over real scoring runs: first night, a model switch that moves nobody, movers, movers back."""
+"""segment_membership and segment_movement against a replay in Python of what each run
+published (the segment of every customer after every run), over real scoring runs: first
+night, a model switch that moves nobody, movers, movers back. History holds moves only, so
+the views must rebuild first assignments from the published rows' first runs."""
 
 from __future__ import annotations
 
@@ -30,39 +32,53 @@ def move_customers(frame: pd.DataFrame, model, ids: list[str], to_segment: int, 
     return path
 
 
-def replay(history: list[tuple[str, int, datetime]]) -> dict[str, list[tuple[int, datetime]]]:
-    """Stretches per customer from history rows (customer, new segment, changed_at), in
-    order: a new stretch only where the segment changes."""
+def replay(published: list[tuple[datetime, dict[str, int]]]
+           ) -> dict[str, list[tuple[int, datetime]]]:
+    """Stretches per customer from the published segments after each run (run start,
+    customer -> segment), in order: a new stretch only where the segment changes."""
     stretches: dict[str, list[tuple[int, datetime]]] = defaultdict(list)
-    for customer, segment, changed_at in history:
-        if not stretches[customer] or stretches[customer][-1][0] != segment:
-            stretches[customer].append((segment, changed_at))
+    for started_at, segments in published:
+        for customer, segment in segments.items():
+            if not stretches[customer] or stretches[customer][-1][0] != segment:
+                stretches[customer].append((segment, started_at))
     return stretches
+
+
+def score_and_record(db: str, model, mode: str,  # type: ignore[no-untyped-def]
+                     published: list[tuple[datetime, dict[str, int]]]) -> None:
+    """A scoring run, and what it left published, stamped with the run's start."""
+    result = scoring.score_customers(db, model, mode=mode)
+    started_at = query(db, "SELECT started_at FROM scoring_runs WHERE run_id = %s",
+                       (result.run_id,))[0][0]
+    published.append((started_at, dict(query(
+        db, "SELECT customer_id, segment_id FROM segment_assignments"))))
 
 
 def test_membership_and_movement_replay_the_history(db: str, trained, models_dir: Path,
                                                     synthetic_csv: Path, synthetic_frame,
                                                     tmp_path: Path) -> None:
+    published: list[tuple[datetime, dict[str, int]]] = []
     load_batch(db, synthetic_csv)
     first = register_champion(db, trained, models_dir, "m-tl-1")
-    scoring.score_customers(db, first, mode="full")
+    score_and_record(db, first, "full", published)
     same = register_champion(db, trained, models_dir, "m-tl-2")  # same segments, new model
-    scoring.score_customers(db, same, mode="incremental")
-    segments = dict(query(db, "SELECT customer_id, segment_id FROM segment_assignments"))
+    score_and_record(db, same, "incremental", published)
+    segments = published[-1][1]
     in_zero = sorted(c for c, s in segments.items() if s == 0)[:120]
     load_batch(db, move_customers(synthetic_frame, same, in_zero, 3, tmp_path / "a.csv"))
     time.sleep(0.01)
-    scoring.score_customers(db, same, mode="incremental")
+    score_and_record(db, same, "incremental", published)
     between = query(db, "SELECT now()")[0][0]
     back = in_zero[:40]
     original = synthetic_frame[synthetic_frame["customer_id"].isin(back)]
     original.to_csv(tmp_path / "b.csv", index=False)
     load_batch(db, tmp_path / "b.csv")
-    scoring.score_customers(db, same, mode="incremental")
+    score_and_record(db, same, "incremental", published)
 
-    history = query(db, "SELECT customer_id, new_segment_id, changed_at FROM segment_history"
-                        " ORDER BY customer_id, changed_at, run_id")
-    expected = replay(history)
+    # history holds the moves and nothing else: 120 there, 40 back
+    history = query(db, "SELECT customer_id, new_segment_id, changed_at FROM segment_history")
+    assert len(history) == 160
+    expected = replay(published)
     rows = query(db, "SELECT customer_id, segment_id, segment_name, valid_from, valid_to"
                      " FROM segment_membership ORDER BY customer_id, valid_from")
     got: dict[str, list[tuple[int, datetime, datetime | None]]] = defaultdict(list)
@@ -93,7 +109,11 @@ def test_membership_and_movement_replay_the_history(db: str, trained, models_dir
 
     movement = query(db, "SELECT run_id, from_segment, to_segment, customers,"
                          " from_segment_name, to_segment_name FROM segment_movement")
-    assert sum(m[3] for m in movement) == len(history)
+    assert sum(m[3] for m in movement) == len(history) + len(segments)  # moves + arrivals
+    first_run = query(db, "SELECT run_id FROM scoring_runs ORDER BY started_at LIMIT 1")[0][0]
+    arrivals = {m[2]: m[3] for m in movement if m[1] is None}
+    assert {m[0] for m in movement if m[1] is None} == {first_run}
+    assert arrivals == {s: sum(v[0][0] == s for v in expected.values()) for s in arrivals}
     moved_run = [m for m in movement if m[1] == 0 and m[2] == 3]
     assert moved_run and moved_run[0][3] == 120
     assert moved_run[0][4:] == (names[0], names[3])
@@ -103,19 +123,19 @@ def test_membership_and_movement_replay_the_history(db: str, trained, models_dir
     assert round(sum(float(p) for p, _ in shares)) == 100
 
 
-def test_a_customer_with_no_history_left_has_one_open_stretch(db: str, trained,
-                                                               models_dir: Path,
-                                                               synthetic_csv: Path) -> None:
+def test_a_customer_who_never_moved_has_one_open_stretch_from_the_first_run(
+        db: str, trained, models_dir: Path, synthetic_csv: Path) -> None:
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-tl-3")
     scoring.score_customers(db, model, mode="full")
-    from segmentation.db import connection
-
-    with connection(db) as conn:  # what retention leaves of an old customer
-        conn.execute("DELETE FROM segment_history WHERE customer_id = "
-                     "(SELECT min(customer_id) FROM segment_assignments)")
+    first_at = query(db, "SELECT started_at FROM scoring_runs")[0][0]
+    again = register_champion(db, trained, models_dir, "m-tl-4")  # rescored, nobody moves
+    scoring.score_customers(db, again, mode="full")
     customer, segment, scored_at = query(
         db, "SELECT customer_id, segment_id, scored_at FROM segment_assignments"
             " ORDER BY customer_id LIMIT 1")[0]
+    assert scored_at > first_at  # rescored by the second run, a member since the first
     assert query(db, "SELECT segment_id, valid_from, valid_to FROM segment_membership"
-                     " WHERE customer_id = %s", (customer,)) == [(segment, scored_at, None)]
+                     " WHERE customer_id = %s", (customer,)) == [(segment, first_at, None)]
+    assert query(db, "SELECT first_scored_at, segment_id FROM customer_first_segments"
+                     " WHERE customer_id = %s", (customer,)) == [(first_at, segment)]

@@ -123,10 +123,14 @@ def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic
     assert "model m-dask-1): 5,000 in, 5,000 scored" in single
     assert "model m-dask-1): 5,000 in, 5,000 scored" in summary
     assert [(cid, seg, name) for cid, seg, name, *_ in snapshot_segments(flow_env)] == expected
-    assert query(flow_env, "SELECT count(*) FROM segment_history") == [(5_000,)]
-    last_run = query(flow_env, "SELECT timings->>'partitions', rows_in, rows_changed FROM"
-                               " scoring_runs ORDER BY started_at DESC LIMIT 1")
-    assert last_run == [("3", 5_000, 5_000)]
+    assert query(flow_env, "SELECT count(*) FROM segment_history") == [(0,)]  # no one moved
+    last_run = query(flow_env, "SELECT timings->>'partitions', rows_in, rows_changed, rows_new,"
+                               " published_by FROM scoring_runs ORDER BY started_at DESC"
+                               " LIMIT 1")
+    assert last_run == [("3", 5_000, 5_000, 5_000, "swap")]
+    # each partition built its own table, now the published table's 3 hash partitions
+    assert query(flow_env, "SELECT count(*) FROM pg_inherits"
+                           " WHERE inhparent = 'segment_assignments'::regclass") == [(3,)]
     assert query(flow_env, "SELECT count(*) FROM scoring_stage") == [(0,)]  # scratch dropped
 
 

@@ -31,9 +31,9 @@ def test_flow_retried_after_a_dropped_connection_publishes_once(
     assert "5,000 in, 5,000 scored" in summary
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
         == [(5_000, 5_000)]
-    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]
-    assert query(db, "SELECT status FROM scoring_runs ORDER BY started_at") == \
-        [("failed",), ("succeeded",)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]  # new, not moved
+    assert query(db, "SELECT status, rows_new FROM scoring_runs ORDER BY started_at") == \
+        [("failed", 0), ("succeeded", 5_000)]
 
 
 def test_two_scorings_and_a_retrain_at_once(db: str, trained, models_dir: Path,
@@ -168,44 +168,65 @@ def scored_champion(db: str, trained, models_dir: Path):  # type: ignore[no-unty
     return register_champion(db, trained, models_dir, "m-day2-1")
 
 
-def stage(db: str, model, run: str, parts: int) -> list:  # type: ignore[no-untyped-def]
-    return [scoring.stage_partition(db, model, "full", run, p, parts) for p in range(parts)]
+def stage(db: str, model, run: str, parts: int,  # type: ignore[no-untyped-def]
+          build: bool | None = None) -> list:
+    return [scoring.stage_partition(db, model, "full", run, p, parts, build=build)
+            for p in range(parts)]
 
 
+def staged_rows(db: str) -> int:
+    """Rows waiting for a publish: in scoring_stage and in unattached build tables."""
+    from segmentation.rebuild import unattached_builds
+
+    with connection(db) as conn:
+        tables = unattached_builds(conn)
+    return query(db, "SELECT count(*) FROM scoring_stage")[0][0] + sum(
+        query(db, f'SELECT count(*) FROM "{t}"')[0][0] for t in tables)
+
+
+@pytest.mark.parametrize("build", [True, False], ids=["build", "stage"])
 def test_retried_partitioned_publish_publishes_once(db: str, scored_champion,
                                                     synthetic_csv: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The publish dies after its work (a dropped connection): the staged rows stay for the
-    retry, which publishes; a retry after the commit returns the recorded run."""
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    build: bool) -> None:
+    """The publish dies after its work (a dropped connection): the staged rows or build
+    tables stay for the retry, which publishes; a retry after the commit returns the
+    recorded run."""
     load_batch(db, synthetic_csv)
     run = "00000000-0000-4000-8000-0000000000d1"
-    staged = stage(db, scored_champion, run, 2)
+    staged = stage(db, scored_champion, run, 2, build)
     drop_connection_after_publish(db, monkeypatch)  # the first publish only
     with pytest.raises(psycopg.OperationalError):
         scoring.publish_staged(db, scored_champion, "full", run, staged)
     assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
     assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
-    assert query(db, "SELECT count(*) FROM scoring_stage") == [(5_000,)]  # kept for the retry
+    assert staged_rows(db) == 5_000  # kept for the retry
     first = scoring.publish_staged(db, scored_champion, "full", run, staged)
     again = scoring.publish_staged(db, scored_champion, "full", run, staged)  # a late retry
-    assert (first.rows_scored, first.rows_changed) == (5_000, 5_000)
+    assert (first.rows_scored, first.rows_changed, first.rows_new) == (5_000, 5_000, 5_000)
     assert (again.run_id, again.rows_scored, again.rows_changed) == (run, 5_000, 5_000)
     assert query(db, "SELECT status, rows_scored FROM scoring_runs") == [("succeeded", 5_000)]
-    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]
-    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
+    assert staged_rows(db) == 0
+    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
+        == [(5_000, 5_000)]
 
 
+@pytest.mark.parametrize("build", [True, False], ids=["build", "stage"])
 def test_staged_rows_must_add_up_to_the_partitions(db: str, scored_champion,
-                                                   synthetic_csv: Path) -> None:
+                                                   synthetic_csv: Path, build: bool) -> None:
     """Rows missing from the stage (deleted by a cleanup, a lost write): refused, recorded
     as failed, the watermark untouched."""
     from segmentation.errors import SegmentationError
 
     load_batch(db, synthetic_csv)
     run = "00000000-0000-4000-8000-0000000000d2"
-    staged = stage(db, scored_champion, run, 2)
+    staged = stage(db, scored_champion, run, 2, build)
     with connection(db) as conn:
-        conn.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = 1", (run,))
+        if build:
+            conn.execute(f'DELETE FROM "{staged[1].table}"')
+        else:
+            conn.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = 1", (run,))
     with pytest.raises(SegmentationError, match=r"partition 1: 0 of [\d,]+"):
         scoring.publish_staged(db, scored_champion, "full", run, staged)
     assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
@@ -233,7 +254,7 @@ def test_partitioned_publish_retried_by_prefect(db: str, scored_champion, synthe
     assert query(db, "SELECT status FROM scoring_runs") == [("succeeded",)]
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
         == [(5_000, 5_000)]
-    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+    assert result.published_by == "swap" and staged_rows(db) == 0  # the build path
 
 
 def test_waiting_behind_a_stuck_run_gives_up(db: str, scored_champion,

@@ -178,4 +178,43 @@ def test_scoring_process_killed_mid_run_then_rerun(db: str, trained, models_dir:
     assert (result.rows_in, result.rows_scored) == (200_000, 200_000)
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
         == [(200_000, 200_000)]
-    assert query(db, "SELECT count(*) FROM segment_history") == [(200_000,)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]  # first night: no move
+    assert (result.published_by, result.rows_new) == ("swap", 200_000)
+    assert orphan_builds(db) == []
+
+
+def orphan_builds(url: str) -> list[str]:
+    """Build tables attached to nothing."""
+    from segmentation.db import connection
+    from segmentation.rebuild import unattached_builds
+
+    with connection(url) as conn:
+        return unattached_builds(conn)
+
+
+@pytest.mark.parametrize("pattern", ['COPY "segment_assignments_build%',
+                                     'ALTER TABLE "segment_assignments_build%PRIMARY KEY%'],
+                         ids=["mid-load", "mid-index"])
+def test_rebuild_killed_mid_load_or_mid_index_changes_nothing(db: str, trained,
+                                                              models_dir: Path, big_csv: Path,
+                                                              pattern: str) -> None:
+    """The night after a new champion streams every customer into a new table: killed
+    while loading it or while building its key, the published table is as it was, and no
+    table is left behind once the next run has run."""
+    load_batch(db, big_csv)
+    first = register_champion(db, trained, models_dir, "m-kill-2")
+    scoring.score_customers(db, first, mode="full")
+    before = snapshot_segments(db)
+    retrained = register_champion(db, trained, models_dir, "m-kill-3")
+    killer = kill_backends_running(db, pattern)
+    with pytest.raises(psycopg.OperationalError):
+        scoring.score_customers(db, retrained, mode="incremental", chunk_rows=10_000)
+    killer.join()
+    assert snapshot_segments(db) == before
+    assert query(db, "SELECT status FROM scoring_runs ORDER BY started_at") == \
+        [("succeeded",), ("failed",)]
+    result = scoring.score_customers(db, retrained, mode="incremental", wait=True)
+    assert (result.published_by, result.rows_scored, result.rows_changed) == \
+        ("swap", 200_000, 200_000)
+    assert query(db, "SELECT DISTINCT model_version FROM customer_segments") == [("m-kill-3",)]
+    assert orphan_builds(db) == []

@@ -147,3 +147,66 @@ def test_day2_migration_resolves_names_and_logs_earlier_champions(fresh_database
                                  " ORDER BY id") == [("m1", None, "promote"),
                                                      ("m2", "m1", "promote")]
     assert query(fresh_database, "SELECT count(*) FROM segment_assignments") == [(10,)]
+
+
+def test_moves_only_migration_keeps_what_history_says(fresh_database: str,
+                                                      tmp_path: Path) -> None:
+    """011: history as earlier releases stored it (every first assignment, every model
+    switch) becomes moves only, with the first assignments moved onto the published rows:
+    the membership timeline, the moves and the per-run counts read the same after."""
+    apply_migrations(fresh_database, migrations_until(tmp_path, "010"))
+    runs = [f"00000000-0000-4000-8000-00000000001{i}" for i in range(3)]
+    # customer -> segment after each run (None: not yet scored); r1 and r2 used m1 and m2
+    story = {"C1": (0, 0, 0), "C2": (0, 1, 1), "C3": (1, 1, 0), "C4": (1, 0, 1),
+             "C5": (None, 1, 1), "C6": (None, None, 0)}
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        for version in ("m1", "m2"):
+            conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
+                         " VALUES (%s, 'retired', 2, '{}', 'p', 'x')", (version,))
+            for seg in (0, 1):
+                conn.execute("INSERT INTO segment_profiles VALUES (%s, %s, %s, 'p', 1, 0.5,"
+                             " '{}', '{}')", (version, seg, f"segment {seg}"))
+        conn.execute("UPDATE model_versions SET status = 'champion' WHERE version = 'm2'")
+        for i, run in enumerate(runs):
+            version = "m1" if i == 0 else "m2"
+            conn.execute("INSERT INTO scoring_runs (run_id, model_version, mode, status,"
+                         " started_at, finished_at) VALUES (%s, %s, 'full', 'succeeded',"
+                         " '2026-01-01'::timestamptz + %s * interval '1 day',"
+                         " '2026-01-01'::timestamptz + %s * interval '1 day')",
+                         (run, version, i, i))
+        for customer, segments in story.items():
+            before: tuple[int | None, str | None] = (None, None)
+            for i, (run, segment) in enumerate(zip(runs, segments, strict=True)):
+                version = "m1" if i == 0 else "m2"
+                if segment is None or before == (segment, version):
+                    continue  # not scored yet, or nothing changed: no row then either
+                conn.execute("INSERT INTO segment_history (customer_id, old_segment_id,"
+                             " new_segment_id, old_model_version, new_model_version,"
+                             " changed_at, run_id) SELECT %s, %s, %s, %s, %s, started_at, %s"
+                             " FROM scoring_runs WHERE run_id = %s",
+                             (customer, before[0], segment, before[1], version, run, run))
+                before = (segment, version)
+            conn.execute("INSERT INTO segment_assignments (customer_id, segment_id,"
+                         " model_version, scored_at, run_id) SELECT %s, %s, 'm2', started_at,"
+                         " run_id FROM scoring_runs WHERE run_id = %s",
+                         (customer, segments[-1], runs[-1]))
+    membership = "SELECT * FROM segment_membership ORDER BY customer_id, valid_from"
+    moves = ("SELECT run_id, from_segment, to_segment, customers FROM segment_movement"
+             " WHERE from_segment IS DISTINCT FROM to_segment ORDER BY 1, 2 NULLS FIRST, 3")
+    timeline, movement = query(fresh_database, membership), query(fresh_database, moves)
+    assert len(timeline) == 6 + 4  # a stretch per customer, and one per move
+    assert [m.split("_")[0] for m in apply_migrations(
+        fresh_database, migrations_until(tmp_path, "011"))] == ["011"]
+    assert query(fresh_database, membership) == timeline
+    assert query(fresh_database, moves) == movement
+    assert query(fresh_database, "SELECT count(*) FROM segment_history") == [(4,)]
+    assert dict(query(fresh_database, "SELECT customer_id, first_run_id::text FROM"
+                                      " customer_segments")) == \
+        {"C1": runs[0], "C2": runs[0], "C3": runs[0], "C4": runs[0], "C5": runs[1],
+         "C6": runs[2]}
+    assert query(fresh_database, "SELECT rows_new, rows_moved FROM scoring_runs"
+                                 " ORDER BY started_at") == [(4, 0), (1, 2), (1, 2)]
+    with psycopg.connect(conninfo(fresh_database)) as conn, \
+            pytest.raises(psycopg.errors.CheckViolation):  # history holds moves only
+        conn.execute("INSERT INTO segment_history VALUES ('C1', 0, 0, 'm1', 'm2', now(), %s)",
+                     (runs[2],))

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import dataclasses
 import pytest
 
 from segmentation import privacy, scoring
@@ -21,8 +22,11 @@ def everywhere(db: str, trained, models_dir: Path, synthetic_csv: Path, tmp_path
     """Customer C00000007 in customers, published, in history, quarantined (a later batch
     with a broken tenure, quoted in the validation's examples) and in a landed batch."""
     load_batch(db, synthetic_csv)
-    scoring.score_customers(db, register_champion(db, trained, models_dir, "m-gdpr-1"),
-                            mode="full")
+    model = register_champion(db, trained, models_dir, "m-gdpr-1")
+    scoring.score_customers(db, model, mode="full")
+    # every customer moves (segment ids reversed): everyone gets a history row
+    scoring.score_customers(db, dataclasses.replace(
+        model, label_to_segment=model.label_to_segment[::-1]), mode="full")
     lines = synthetic_csv.read_text().splitlines()
     header = lines[0].split(",")
     target = next(line for line in lines[1:] if line.startswith('"C00000007",'))

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from segmentation import publishing, reading, runs, scoring
+from segmentation import publishing, reading, rebuild, runs, scoring
 from segmentation.db import connection, conninfo
 from segmentation.errors import RunLocked, SegmentationError
 from tests.helpers import (
@@ -41,12 +41,18 @@ def test_full_run_scores_every_customer_once(db: str, champion, synthetic_frame)
 
 
 def test_rerun_changes_nothing_and_adds_no_history(db: str, champion) -> None:
-    scoring.score_customers(db, champion, mode="full")
+    first = scoring.score_customers(db, champion, mode="full")
+    assert (first.published_by, first.rows_new, first.rows_moved) == ("swap", 5_000, 0)
+    # a first assignment is a fact of the published row, not a history row
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
+    assert query(db, "SELECT first_run_id::text, first_scored_at, count(*)"
+                     " FROM customer_segments GROUP BY 1, 2") == \
+        [(first.run_id, query(db, "SELECT started_at FROM scoring_runs")[0][0], 5_000)]
     before = snapshot_segments(db)
     again = scoring.score_customers(db, champion, mode="full")
-    assert again.rows_changed == 0
+    assert (again.rows_changed, again.rows_new, again.rows_moved) == (0, 0, 0)
     assert snapshot_segments(db) == before
-    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
     incremental = scoring.score_customers(db, champion, mode="incremental")
     assert incremental.rows_in == 0 and snapshot_segments(db) == before
 
@@ -128,14 +134,18 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
                      " SELECT 'm-score-2', 'challenger', k, metrics, path, sha256"
                      " FROM model_versions WHERE version = %s", (champion.version,))
     retrained = scoring.score_customers(db, other, mode="incremental")
-    assert (retrained.published_by, retrained.rows_in, retrained.rows_changed) == \
-        ("swap", 5_000, 5_000)  # a new model: every customer rescored, every one moved
+    assert (retrained.published_by, retrained.rows_in, retrained.rows_changed,
+            retrained.rows_moved) == ("swap", 5_000, 5_000, 5_000)  # ids reversed: all move
     rows = snapshot_segments(db)
     assert len(rows) == 5_000
     assert {r[0]: r[1] for r in rows} == rescored(rows, other, synthetic_frame)
     assert {r[3] for r in rows} == {"m-score-2"}
     assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM segment_history"
-                     " WHERE new_model_version = 'm-score-2'") == [(5_000, 5_000)]
+                     " WHERE new_model_version = 'm-score-2'"
+                     " AND old_model_version = 'm-score-1'") == [(5_000, 5_000)]
+    # first runs survive the rebuild
+    assert query(db, "SELECT DISTINCT first_run_id::text FROM segment_assignments") == \
+        [(first.run_id,)]
     lines = synthetic_csv.read_text().splitlines()
     new = lines[1].split(",")
     new[0] = "NEW-SWAP"
@@ -145,26 +155,80 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
     small = scoring.score_customers(db, other, mode="incremental")
     assert (small.published_by, small.rows_in) == ("upsert", 1)
     assert query(db, "SELECT count(*) FROM customer_segments") == [(5_001,)]
-    assert query(db, "SELECT run_id::text, published_by FROM scoring_runs"
-                     " ORDER BY started_at") == [(first.run_id, "swap"),
-                                                (retrained.run_id, "swap"),
-                                                (small.run_id, "upsert")]
-    # the parent keeps one partition, with both indexes, and the views still read it
+    assert query(db, "SELECT run_id::text, published_by, rows_new FROM scoring_runs"
+                     " ORDER BY started_at") == [(first.run_id, "swap", 5_000),
+                                                (retrained.run_id, "swap", 0),
+                                                (small.run_id, "upsert", 1)]
+    assert query(db, "SELECT first_run_id::text FROM segment_assignments"
+                     " WHERE customer_id = 'NEW-SWAP'") == [(small.run_id,)]
+    # the parent keeps one partition, with its key, and the views still read it
     assert query(db, "SELECT inhrelid::regclass::text FROM pg_inherits"
                      " WHERE inhparent = 'segment_assignments'::regclass") == \
         [("segment_assignments_p",)]
     assert query(db, "SELECT indexname FROM pg_indexes WHERE tablename ="
-                     " 'segment_assignments_p' ORDER BY 1") == \
-        [("segment_assignments_p_pkey",), ("segment_assignments_p_segment_idx",)]
+                     " 'segment_assignments_p' ORDER BY 1") == [("segment_assignments_p_pkey",)]
+    assert build_tables(db) == []
     assert query(db, "SELECT sum(customers) FROM segment_summary") == [(5_001,)]
     assert query(db, "SELECT count(*) FROM customer_segments_current") == [(5_001,)]
 
 
+def build_tables(db: str) -> list[str]:
+    """Build tables attached to nothing (orphans, if a run is not in progress)."""
+    with connection(db) as conn:
+        return rebuild.unattached_builds(conn)
+
+
+def register_copy(db: str, model, version: str, label_to_segment):  # type: ignore[no-untyped-def]
+    """The same fitted model under a new version, its KMeans labels mapped as given."""
+    with connection(db) as conn:
+        conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
+                     " SELECT %s, 'challenger', k, metrics, path, sha256"
+                     " FROM model_versions WHERE version = %s", (version, model.version))
+    return dataclasses.replace(model, version=version, label_to_segment=label_to_segment)
+
+
+def test_a_new_model_writes_history_for_movers_only(db: str, champion) -> None:
+    """After a retrain, a customer whose segment changed gets exactly one history row; one
+    kept in the same segment by the new model gets none (the switch is the run's fact)."""
+    first = scoring.score_customers(db, champion, mode="incremental")
+    before = {r[0]: r[1] for r in snapshot_segments(db)}
+    mapping = champion.label_to_segment.copy()
+    zero, one = list(mapping).index(0), list(mapping).index(1)
+    mapping[zero], mapping[one] = 1, 0  # segments 0 and 1 trade customers; 2 and 3 stay
+    other = register_copy(db, champion, "m-score-3", mapping)
+    night = scoring.score_customers(db, other, mode="incremental")
+    movers = {c for c, s in before.items() if s in (0, 1)}
+    assert (night.published_by, night.rows_new, night.rows_moved, night.rows_changed) == \
+        ("swap", 0, len(movers), 5_000)
+    history = query(db, "SELECT customer_id, old_segment_id, new_segment_id,"
+                        " old_model_version, new_model_version, run_id::text"
+                        " FROM segment_history")
+    assert sorted(h[0] for h in history) == sorted(movers)  # one row each, no one else
+    assert all((old, new) == (before[c], 1 - before[c]) and (mv_old, mv_new, run) ==
+               ("m-score-1", "m-score-3", night.run_id)
+               for c, old, new, mv_old, mv_new, run in history)
+    # first facts unchanged; the membership timeline shows the movers' second stretch
+    assert query(db, "SELECT DISTINCT first_run_id::text FROM customer_segments") == \
+        [(first.run_id,)]
+    stretches = dict(query(db, "SELECT customer_id, count(*) FROM segment_membership"
+                               " GROUP BY 1"))
+    assert {c for c, n in stretches.items() if n == 2} == movers
+    assert set(stretches.values()) == {1, 2}
+    assert query(db, "SELECT rows_moved, rows_new FROM scoring_runs WHERE run_id = %s",
+                 (night.run_id,)) == [(len(movers), 0)]
+
+
+@pytest.mark.parametrize("new_version", [False, True], ids=["staged", "rebuilt"])
 def test_reader_holding_the_table_turns_the_swap_into_an_upsert(db: str, champion,
-                                                               monkeypatch) -> None:
-    scoring.score_customers(db, champion, mode="full")
-    other = dataclasses.replace(champion, label_to_segment=champion.label_to_segment[::-1])
-    monkeypatch.setattr(publishing, "SWAP_LOCK_TIMEOUT", "200ms")
+                                                               monkeypatch,
+                                                               new_version: bool) -> None:
+    """Both bulk paths: a big diff of staged rows (same model), and a build table streamed
+    in directly (a new model) fall back to writing rows into the table the reader holds."""
+    first = scoring.score_customers(db, champion, mode="full")
+    reverse = champion.label_to_segment[::-1]
+    other = register_copy(db, champion, "m-score-4", reverse) if new_version else \
+        dataclasses.replace(champion, label_to_segment=reverse)
+    monkeypatch.setattr(rebuild, "SWAP_LOCK_TIMEOUT", "200ms")
     with connection(db) as reader:  # a long report: holds its lock until it ends
         reader.execute("SELECT count(*) FROM customer_segments")
         result = scoring.score_customers(db, other, mode="full")
@@ -172,8 +236,11 @@ def test_reader_holding_the_table_turns_the_swap_into_an_upsert(db: str, champio
     assert (result.published_by, result.rows_changed) == ("upsert", 5_000)
     rows = snapshot_segments(db)
     assert len(rows) == 5_000 and {str(r[5]) for r in rows} == {result.run_id}
-    assert query(db, "SELECT count(*) FROM pg_class WHERE relname ="
-                     " 'customer_segments_next'") == [(0,)]  # the unused build undone
+    assert {r[3] for r in rows} == {other.version}
+    assert query(db, "SELECT count(*) FROM segment_history") == [(5_000,)]  # all moved
+    assert query(db, "SELECT DISTINCT first_run_id::text FROM segment_assignments") == \
+        [(first.run_id,)]
+    assert build_tables(db) == []  # the unused build undone
 
 
 def stage_all(db: str, model, run_id: str, parts: int, mode="full"):  # type: ignore[no-untyped-def]
@@ -197,13 +264,33 @@ def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
     assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
 
 
-def test_retried_partition_replaces_its_rows(db: str, champion) -> None:
+def test_builds_of_a_partitioned_run_that_never_published_are_swept(db: str,
+                                                                   champion) -> None:
+    """Partition tasks commit their build tables unattached; if the publish never comes,
+    the next run drops them, and the late publish is refused, not half-applied."""
+    run = "00000000-0000-4000-8000-000000000004"
+    staged = stage_all(db, champion, run, 2)
+    assert all(p.table for p in staged) and len(build_tables(db)) == 2
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]  # invisible
+    result = scoring.score_customers(db, champion, mode="full")
+    assert build_tables(db) == [] and result.rows_new == 5_000
+    before = snapshot_segments(db)
+    with pytest.raises(SegmentationError, match="staged rows do not match"):
+        scoring.publish_staged(db, champion, "full", run, staged)
+    assert snapshot_segments(db) == before
+
+
+@pytest.mark.parametrize("build", [True, False], ids=["build", "stage"])
+def test_retried_partition_replaces_its_rows(db: str, champion, build: bool) -> None:
     run = "00000000-0000-4000-8000-000000000002"
-    first = scoring.stage_partition(db, champion, "full", run, 1, 3)
-    again = scoring.stage_partition(db, champion, "full", run, 1, 3)
-    assert first.rows == again.rows
-    assert query(db, "SELECT count(*) FROM scoring_stage WHERE run_id = %s",
-                 (run,)) == [(first.rows,)]
+    first = scoring.stage_partition(db, champion, "full", run, 1, 3, build=build)
+    again = scoring.stage_partition(db, champion, "full", run, 1, 3, build=build)
+    assert first.rows == again.rows and (first.table is not None) == build
+    if build:
+        assert query(db, f"SELECT count(*) FROM {again.table}") == [(first.rows,)]
+    else:
+        assert query(db, "SELECT count(*) FROM scoring_stage WHERE run_id = %s",
+                     (run,)) == [(first.rows,)]
 
 
 def test_incomplete_partitioned_run_is_not_published(db: str, champion) -> None:

@@ -1,0 +1,209 @@
+"""A run that rewrites (nearly) every published row: the first night, the night after a
+new champion, a full rescore. Scores are COPYed straight into a new table, compared with
+the old rows while streaming, indexed in bulk once loaded, and swapped in for
+`segment_assignments`' partitions in a short lock: every row is written once.
+
+The single-process run builds its table inside its own transaction (a crash leaves
+nothing). A partitioned run builds one table per hash partition of `segment_assignments`
+in each partition task, committed but attached to nothing, so invisible to readers; the
+publish attaches them all in one transaction, and a run that never publishes leaves
+tables that the next run drops (`drop_orphans`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from segmentation.features import COLUMNS
+from segmentation.runs import ScoreResult
+
+BUILD_PREFIX = "segment_assignments_build_"
+# Readers holding the published table longer than this at the swap: undo the swap and
+# write the changed rows into the existing table instead.
+SWAP_LOCK_TIMEOUT = "10s"
+
+
+def build_name(run_id: str, part: int | None = None) -> str:
+    """The build table of a run (and partition): named so orphans can be found."""
+    suffix = run_id.replace("-", "")
+    return f"{BUILD_PREFIX}{suffix}" + ("" if part is None else f"_{part}")
+
+
+def wants_rebuild(conn: psycopg.Connection, model_version: str) -> bool:
+    """Rebuild when every published row will be rewritten: the table is empty, or its rows
+    were scored by another model (a new champion, or a rollback: everyone is rescored).
+    Other nights, full or incremental, write only the rows that changed."""
+    row = conn.execute(
+        "SELECT NOT EXISTS (SELECT FROM segment_assignments),"
+        " (SELECT model_version FROM scoring_runs WHERE status = 'succeeded'"
+        "  ORDER BY started_at DESC LIMIT 1)").fetchone()
+    assert row is not None
+    empty, last_model = row
+    return bool(empty) or (last_model is not None and last_model != model_version)
+
+
+def is_empty(conn: psycopg.Connection) -> bool:
+    """No published row: the build needs no comparison with old rows."""
+    row = conn.execute("SELECT NOT EXISTS (SELECT FROM segment_assignments)").fetchone()
+    return bool(row and row[0])
+
+
+def create_build(conn: psycopg.Connection, table: str, result: ScoreResult,
+                 scored_at: datetime) -> None:
+    """An empty table shaped like segment_assignments whose defaults are this run's
+    constants (model, time, run, and first run for a customer new tonight), plus the old
+    segment for finding movers: COPY then sends only (id, segment[, old segment, first
+    run])."""
+    name = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE segment_assignments INCLUDING DEFAULTS"
+                         " INCLUDING CONSTRAINTS)").format(name))
+    conn.execute(sql.SQL(
+        "ALTER TABLE {} ALTER COLUMN model_version SET DEFAULT {},"
+        " ALTER COLUMN scored_at SET DEFAULT {}, ALTER COLUMN run_id SET DEFAULT {},"
+        " ALTER COLUMN first_run_id SET DEFAULT {}, ADD COLUMN old_segment_id smallint").format(
+        name, sql.Literal(result.model_version), sql.Literal(scored_at),
+        sql.Literal(result.run_id), sql.Literal(result.run_id)))
+
+
+def copy_into(table: str, carry: bool) -> sql.Composed:
+    """COPY into a build table created in this transaction (FREEZE: no hint-bit rewrite
+    of every page later); with old rows to compare, their segment and first run too."""
+    columns = "customer_id, segment_id, old_segment_id, first_run_id" if carry \
+        else "customer_id, segment_id"
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, FREEZE)").format(
+        sql.Identifier(table), sql.SQL(columns))
+
+
+def select_for_build(model_version: str, carry: bool,
+                     partition: tuple[int, int] | None = None) -> sql.Composed:
+    """Every customer, with their published segment, first run and whether the same model
+    scored them (carry), or alone (nothing published yet); optionally only the customers
+    of hash partition (i, n) of segment_assignments."""
+    columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
+    if carry:
+        query = sql.SQL(
+            "SELECT {}, s.segment_id, s.first_run_id, s.model_version = {} FROM customers c"
+            " LEFT JOIN segment_assignments s USING (customer_id)").format(
+            columns, sql.Literal(model_version))
+    else:
+        query = sql.SQL("SELECT {} FROM customers c").format(columns)
+    if partition is not None:
+        part, parts = partition
+        query = sql.SQL("{} WHERE satisfies_hash_partition('segment_assignments'::regclass,"
+                        " {}, {}, c.customer_id)").format(query, sql.Literal(parts),
+                                                          sql.Literal(part))
+    return query
+
+
+def index_build(conn: psycopg.Connection, table: str) -> None:
+    """The primary key, built once over the loaded rows (a sort, on parallel maintenance
+    workers where the server allows) instead of row by row."""
+    conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (customer_id)").format(
+        sql.Identifier(table), sql.Identifier(f"{table}_pkey")))
+
+
+def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
+                 scored_at: datetime) -> int:
+    """History rows for the build's movers (old model from the published row, which is
+    still attached); returns how many."""
+    return conn.execute(sql.SQL(
+        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
+        " old_model_version, new_model_version, changed_at, run_id)"
+        " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s, %s"
+        " FROM {} b JOIN segment_assignments a USING (customer_id)"
+        " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table)),
+        (result.model_version, scored_at, result.run_id)).rowcount
+
+
+def finish_build(conn: psycopg.Connection, table: str) -> None:
+    """The build becomes a plain copy of segment_assignments' shape: no comparison column,
+    no run constants as defaults."""
+    conn.execute(sql.SQL(
+        "ALTER TABLE {} DROP COLUMN old_segment_id, ALTER COLUMN model_version DROP DEFAULT,"
+        " ALTER COLUMN scored_at DROP DEFAULT, ALTER COLUMN run_id DROP DEFAULT,"
+        " ALTER COLUMN first_run_id DROP DEFAULT").format(sql.Identifier(table)))
+
+
+def published_partitions(conn: psycopg.Connection) -> list[str]:
+    """The partitions that make up segment_assignments now."""
+    return [name for (name,) in conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits"
+        " WHERE inhparent = 'segment_assignments'::regclass ORDER BY 1").fetchall()]
+
+
+def swap_in(conn: psycopg.Connection, tables: list[str]) -> bool:
+    """Replace segment_assignments' partitions by `tables` (partition i of len(tables));
+    readers wait only for this. If they hold the table longer than SWAP_LOCK_TIMEOUT,
+    undo and return False."""
+    conn.execute("SAVEPOINT swap_in")
+    try:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (SWAP_LOCK_TIMEOUT,))
+        for name in published_partitions(conn):
+            conn.execute(sql.SQL("ALTER TABLE segment_assignments DETACH PARTITION {}")
+                         .format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+    except psycopg.errors.LockNotAvailable:
+        conn.execute("ROLLBACK TO SAVEPOINT swap_in")
+        return False
+    parts = len(tables)
+    for part, table in enumerate(tables):
+        final = "segment_assignments_p" if parts == 1 else f"segment_assignments_p{part}"
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table),
+                                                                  sql.Identifier(final)))
+        conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(f"{table}_pkey"), sql.Identifier(f"{final}_pkey")))
+        conn.execute(sql.SQL("ALTER TABLE segment_assignments ATTACH PARTITION {}"
+                             " FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
+            sql.Identifier(final), sql.Literal(parts), sql.Literal(part)))
+    conn.execute("RELEASE SAVEPOINT swap_in")
+    return True
+
+
+def upsert_build(conn: psycopg.Connection, table: str, result: ScoreResult,
+                 scored_at: datetime) -> None:
+    """The swap could not take its lock: write the build's rows into the published table
+    instead (new ones inserted, known ones updated; first runs kept)."""
+    params: dict[str, Any] = {"v": result.model_version, "ts": scored_at, "run": result.run_id}
+    name = sql.Identifier(table)
+    conn.execute(sql.SQL(
+        "INSERT INTO segment_assignments (customer_id, segment_id, model_version, scored_at,"
+        " run_id, first_run_id) SELECT b.customer_id, b.segment_id, %(v)s, %(ts)s, %(run)s,"
+        " %(run)s FROM {} b WHERE NOT EXISTS (SELECT FROM segment_assignments a"
+        " WHERE a.customer_id = b.customer_id)").format(name), params)
+    conn.execute(sql.SQL(
+        "UPDATE segment_assignments a SET segment_id = b.segment_id, model_version = %(v)s,"
+        " scored_at = %(ts)s, run_id = %(run)s FROM {} b"
+        " WHERE b.customer_id = a.customer_id").format(name), params)
+    conn.execute(sql.SQL("DROP TABLE {}").format(name))
+
+
+def unattached_builds(conn: psycopg.Connection, run_id: str | None = None) -> list[str]:
+    """Build tables attached to nothing (all runs', or run_id's)."""
+    prefix = build_name(run_id) if run_id else BUILD_PREFIX
+    return [name for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname LIKE %s"
+        " AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)"
+        " ORDER BY 1", (prefix.replace("_", r"\_") + "%",)).fetchall()]
+
+
+def drop_tables(conn: psycopg.Connection, names: list[str]) -> None:
+    """Drop these tables if they still exist."""
+    for name in names:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def drop_orphans(conn: psycopg.Connection, keep_run: str | None = None) -> list[str]:
+    """Drop build tables left by runs that never published (all but keep_run's). Called
+    under the run lock, which partition tasks hold shared while they build."""
+    keep = build_name(keep_run) if keep_run else None
+    orphans = [name for name in unattached_builds(conn)
+               if keep is None or not name.startswith(keep)]
+    drop_tables(conn, orphans)
+    return orphans
