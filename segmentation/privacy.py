@@ -14,10 +14,14 @@ from psycopg import sql
 from psycopg.types.json import Json
 
 from segmentation.errors import SegmentationError
+from segmentation.rebuild import drop_tables, unattached_builds
+from segmentation.runs import acquire_run_lock
 
-# Every table that holds a customer by id, in delete order.
-CUSTOMER_TABLES = ("segment_history", "segment_assignments", "customers_quarantine",
-                   "customers_incoming", "customers")
+# Every table that holds a customer by id, in delete order (scoring_stage: the scratch of
+# a partitioned run not yet published).
+CUSTOMER_TABLES = ("segment_history", "segment_assignments", "scoring_stage",
+                   "customers_quarantine", "customers_incoming", "customers")
+RUN_WAIT_S = 1800  # an erasure queues behind a scoring run at most this long
 ERASED = "<erased>"
 
 
@@ -50,6 +54,12 @@ def forget_customers(conn: psycopg.Connection, ids: list[str], requested_by: str
     erasure = Erasure(str(uuid.uuid4()), len(ids))
     salt = secrets.token_hex(16)
     with conn.transaction():
+        # A scoring run reads customers in a snapshot and publishes them later: an erasure
+        # in between would be undone by the publish. So erasures wait for the run lock
+        # (partition tasks hold it shared), and drop the build tables of partitioned runs
+        # that have not published (their publish then refuses, asking for a new run).
+        acquire_run_lock(conn, wait=True, wait_timeout_s=RUN_WAIT_S)
+        drop_tables(conn, unattached_builds(conn))
         for table in CUSTOMER_TABLES:
             erasure.rows_removed[table] = conn.execute(
                 sql.SQL("DELETE FROM {} WHERE customer_id = ANY(%s)").format(

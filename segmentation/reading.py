@@ -5,6 +5,8 @@ stream the scores into the writer's table with COPY. Memory holds one chunk.
 from __future__ import annotations
 
 import io
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -81,20 +83,61 @@ def select_customers(mode: Mode, model_version: str,
     return query
 
 
-def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
-                compare: bool = False) -> Iterator[pd.DataFrame]:
-    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows
-    (with OLD_COLUMNS after the features when compare)."""
+def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
+                ) -> Iterator[pd.DataFrame]:
+    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
+    for table in iter_tables(conn, query, chunk_rows):
+        yield table.to_pandas()
+
+
+def iter_tables(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
+                compare: bool = False) -> Iterator[Any]:
+    """Stream a query with COPY ... TO STDOUT (CSV) and yield Arrow tables of chunk_rows
+    rows (with OLD_COLUMNS after the features when compare).
+
+    A thread drains the COPY into blocks while the caller parses and predicts: otherwise
+    the server, which formats every value as text and is the slowest stage, would stall
+    whenever the socket's buffer is full. At most two blocks wait in memory."""
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
-    rows: list[bytes] = []
-    with conn.cursor().copy(statement) as copy:
-        for row in copy:  # one CSV record per item
-            rows.append(bytes(row))
-            if len(rows) >= chunk_rows:
-                yield _parse(rows, compare)
-                rows = []
-    if rows:
-        yield _parse(rows, compare)
+    blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def offer(item: bytes | BaseException | None) -> bool:
+        """Queue an item unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def drain() -> None:
+        try:
+            rows: list[bytes] = []
+            with conn.cursor().copy(statement) as copy:
+                for row in copy:  # one CSV record per item
+                    rows.append(bytes(row))
+                    if len(rows) >= chunk_rows:
+                        if not offer(b"".join(rows)):
+                            return
+                        rows = []
+            if rows and not offer(b"".join(rows)):
+                return
+            offer(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=drain, name="copy-out", daemon=True)
+    reader.start()
+    try:
+        while (item := blocks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield _parse(item, compare)
+    finally:
+        stop.set()
+        reader.join()
 
 
 def read_types(pa: Any, compare: bool = False) -> dict[str, Any]:
@@ -105,38 +148,38 @@ def read_types(pa: Any, compare: bool = False) -> dict[str, Any]:
     return types
 
 
-def _parse(rows: list[bytes], compare: bool = False) -> pd.DataFrame:
-    """CSV records -> DataFrame (pyarrow's parser; ids stay strings, verbatim). pyarrow is
-    imported on the first rows: a night with nothing to score never loads it."""
+def _parse(block: bytes, compare: bool = False) -> Any:
+    """CSV records -> an Arrow table (pyarrow's parser; ids stay strings, verbatim). pyarrow
+    is imported on the first rows: a night with nothing to score never loads it."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     names = list(COLUMNS) + (list(OLD_COLUMNS) if compare else [])
     table = pacsv.read_csv(
-        io.BytesIO(b"".join(rows)),
+        io.BytesIO(block),
         read_options=pacsv.ReadOptions(column_names=names),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=read_types(pa, compare), true_values=["t"], false_values=["f"],
             # an id is never null; the old columns are null for a new customer
             strings_can_be_null=compare, quoted_strings_can_be_null=False))
-    return table.to_pandas()
+    return table
 
 
-def encode_scores(ids: pd.Series, segments: Any, old: pd.DataFrame | None = None,
-                  run_id: str = "") -> bytes:
-    """(customer_id, segment_id) as CSV for COPY FROM STDIN; with the old rows, also the
-    old segment and the first run (this run's for a new customer)."""
+def encode_scores(ids: Any, segments: Any, old: Any = None, run_id: str = "") -> bytes:
+    """(customer_id, segment_id) as CSV for COPY FROM STDIN; with the old rows (an Arrow
+    table of OLD_COLUMNS), also the old segment and the first run (this run's for a new
+    customer)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    columns = {"customer_id": pa.array(ids, type=pa.string()),
-               "segment_id": pa.array(segments, type=pa.int16())}
+    if not isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        ids = pa.array(ids, type=pa.string())
+    columns = {"customer_id": ids, "segment_id": pa.array(segments, type=pa.int16())}
     if old is not None:
-        columns["old_segment_id"] = pa.array(old["old_segment_id"], type=pa.int16(),
-                                             from_pandas=True)
-        columns["first_run_id"] = pa.array(old["old_first_run_id"].fillna(run_id),
-                                           type=pa.string())
+        columns["old_segment_id"] = old["old_segment_id"]
+        columns["first_run_id"] = pc.fill_null(old["old_first_run_id"], run_id)
     table = pa.table(columns)
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False,
@@ -163,11 +206,15 @@ def open_snapshot(reader: psycopg.Connection) -> datetime:
     return taken
 
 
-def compare_chunk(old: pd.DataFrame, segments: Any) -> Comparison:
-    """Count a chunk's new customers, movers and same-segment model switches."""
-    known = old["old_segment_id"].notna().to_numpy()
-    moved = known & (old["old_segment_id"].fillna(-1).to_numpy() != segments)
-    same_model = old["old_same_model"].fillna(False).to_numpy(dtype=bool)
+def compare_chunk(old: Any, segments: Any) -> Comparison:
+    """Count a chunk's new customers, movers and same-segment model switches (old: an
+    Arrow table of OLD_COLUMNS)."""
+    import numpy as np
+
+    before = old["old_segment_id"].to_numpy(zero_copy_only=False)  # float, NaN: new
+    known = ~np.isnan(before)
+    moved = known & (before != segments)
+    same_model = old["old_same_model"].fill_null(False).to_numpy(zero_copy_only=False)
     return Comparison(new=int((~known).sum()), moved=int(moved.sum()),
                       switched=int((known & ~moved & ~same_model).sum()))
 
@@ -183,15 +230,18 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
     compare = compare_run is not None
+    if compare:  # the plan is a merge join of two key scans: nothing worth compiling
+        reader.execute("SET LOCAL jit = off")
     with writer.cursor().copy(copy_sql) as sink:
-        for chunk in iter_chunks(reader, query, chunk_rows, compare):
+        for table in iter_tables(reader, query, chunk_rows, compare):
+            chunk = table.select(list(COLUMNS)).to_pandas()
             t0 = time.perf_counter()
             segments = model.predict(chunk)
             predict_s += time.perf_counter() - t0
-            old = chunk[list(OLD_COLUMNS)] if compare else None
+            old = table.select(list(OLD_COLUMNS)) if compare else None
             if old is not None and comparison is not None:
                 comparison.add(compare_chunk(old, segments))
-            sink.write(encode_scores(chunk[ID_COLUMN], segments, old, compare_run or ""))
+            sink.write(encode_scores(table[ID_COLUMN], segments, old, compare_run or ""))
             rows += len(chunk)
             if progress:
                 progress(rows, time.perf_counter() - started)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from segmentation.db import merge_joins
 from segmentation.features import COLUMNS
 from segmentation.runs import ScoreResult
 
@@ -110,14 +111,17 @@ def index_build(conn: psycopg.Connection, table: str) -> None:
 def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
                  scored_at: datetime) -> int:
     """History rows for the build's movers (old model from the published row, which is
-    still attached); returns how many."""
-    return conn.execute(sql.SQL(
+    still attached); returns how many. Both tables are read in key order (a merge join):
+    after a retrain that moved many, a hash join of two 10 M-row tables spills."""
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    with merge_joins(conn):
+        return conn.execute(sql.SQL(
         "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
         " old_model_version, new_model_version, changed_at, run_id)"
         " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s, %s"
         " FROM {} b JOIN segment_assignments a USING (customer_id)"
         " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table)),
-        (result.model_version, scored_at, result.run_id)).rowcount
+            (result.model_version, scored_at, result.run_id)).rowcount
 
 
 def finish_build(conn: psycopg.Connection, table: str) -> None:

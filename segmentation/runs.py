@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Json
 
 from segmentation.db import connection, require_schema
-from segmentation.errors import RunLocked, ValidationFailed
+from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
 from segmentation.validation import pending_batches
 
 SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
@@ -113,6 +113,16 @@ def preflight(conn: psycopg.Connection) -> datetime:
     require_schema(conn)
     refuse_blocked_batches(conn)
     return started_at
+
+
+def refuse_erased_since(conn: psycopg.Connection, snapshot_at: datetime) -> None:
+    """Never publish back a customer erased after the run read the customers (possible
+    only for a partitioned run, whose tasks release the run lock before the publish)."""
+    row = conn.execute("SELECT count(*) FROM erasures WHERE erased_at >= %s",
+                       (snapshot_at,)).fetchone()
+    if row and row[0]:
+        raise SegmentationError("customers were erased after this run read them; not "
+                                "publishing them back: run the scoring again")
 
 
 def incremental_since(conn: psycopg.Connection, model_version: str) -> datetime | None:

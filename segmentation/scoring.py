@@ -42,6 +42,7 @@ from segmentation.runs import (
     preflight,
     record_failure,
     record_run,
+    refuse_erased_since,
     succeeded_run,
 )
 
@@ -136,12 +137,14 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
                  snapshot_at: datetime) -> None:
     """Movers' history, the swap (or, if readers hold the table too long, an upsert of the
     build) and the run's record, in the writer's (locked) transaction."""
+    refuse_erased_since(writer, snapshot_at)
     result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
     t0 = time.perf_counter()
     moved = sum(rebuild.record_moves(writer, t, result, started_at) for t in tables)
     if moved != comparison.moved:  # the stream and the table must tell the same story
         raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"
                                 f" {comparison.moved:,} counted while streaming; not publishing")
+    result.timings["history_s"] = round(time.perf_counter() - t0, 3)
     for table in tables:
         rebuild.finish_build(writer, table)
     swapped = rebuild.swap_in(writer, tables)
@@ -160,6 +163,7 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
 def finish_run(writer: psycopg.Connection, result: ScoreResult, started: float,
                started_at: datetime, snapshot_at: datetime) -> None:
     """Publish scored_stage and record the run, in the writer's (locked) transaction."""
+    refuse_erased_since(writer, snapshot_at)
     result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
     t0 = time.perf_counter()
     writer.execute("ANALYZE scored_stage")
@@ -189,6 +193,8 @@ def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: 
     the partition's rows either way."""
     started = time.perf_counter()
     with connection(url) as writer, connection(url) as reader:
+        # the run lock, shared: no single-process run or erasure while this partition reads
+        writer.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SCORE_LOCK,))
         if build is None:
             build = rebuild.wants_rebuild(writer, model.version)
         if build:
@@ -214,7 +220,6 @@ def build_partition(reader: psycopg.Connection, writer: psycopg.Connection, mode
     """One partition's build table, loaded and indexed here (in parallel with the other
     partitions) and committed unattached. The run lock is held shared meanwhile: a
     single-process run cannot publish, nor sweep this table away, until it is done."""
-    writer.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SCORE_LOCK,))
     table = rebuild.build_name(run_id, part)
     rebuild.drop_tables(writer, [table])  # a retried partition starts over
     scored_at = writer.execute("SELECT clock_timestamp()").fetchone()

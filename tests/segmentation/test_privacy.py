@@ -1,8 +1,8 @@
 """Erasure and retention: a forgotten customer is nowhere; old raw rows and history go."""
 
+import dataclasses
 from pathlib import Path
 
-import dataclasses
 import pytest
 
 from segmentation import privacy, scoring
@@ -19,14 +19,18 @@ TABLES = (*privacy.CUSTOMER_TABLES, "customer_segments")
 
 @pytest.fixture
 def everywhere(db: str, trained, models_dir: Path, synthetic_csv: Path, tmp_path: Path) -> str:
-    """Customer C00000007 in customers, published, in history, quarantined (a later batch
-    with a broken tenure, quoted in the validation's examples) and in a landed batch."""
+    """Customer C00000007 in customers, published, in history, staged, quarantined (a later
+    batch with a broken tenure, quoted in the validation's examples) and in a landed
+    batch."""
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-gdpr-1")
     scoring.score_customers(db, model, mode="full")
     # every customer moves (segment ids reversed): everyone gets a history row
     scoring.score_customers(db, dataclasses.replace(
         model, label_to_segment=model.label_to_segment[::-1]), mode="full")
+    # and staged by a partitioned run that has not published yet
+    scoring.stage_partition(db, model, "full", "00000000-0000-4000-8000-0000000000e0", 0, 1,
+                            build=False)
     lines = synthetic_csv.read_text().splitlines()
     header = lines[0].split(",")
     target = next(line for line in lines[1:] if line.startswith('"C00000007",'))
@@ -98,3 +102,48 @@ def test_retention_removes_only_what_is_older(db: str, everywhere: str) -> None:
 def test_forget_needs_an_id(db: str) -> None:
     with connection(db) as conn, pytest.raises(SegmentationError, match="no customer id"):
         privacy.forget_customers(conn, ["  "], "test")
+
+
+def test_an_erasure_during_a_scoring_run_is_not_undone_by_its_publish(
+        db: str, trained, models_dir: Path, synthetic_csv: Path) -> None:
+    """The run read the customer before the erasure: the erasure waits for the run, so
+    the publish cannot bring the customer back."""
+    import threading
+
+    load_batch(db, synthetic_csv)
+    model = register_champion(db, trained, models_dir, "m-gdpr-2")
+    erasures: list[privacy.Erasure] = []
+    threads: list[threading.Thread] = []
+
+    def forget() -> None:
+        with connection(db) as conn:
+            erasures.append(privacy.forget_customers(conn, ["C00000007"], "test"))
+
+    def erase_mid_run(rows: int, seconds: float) -> None:
+        if not threads:  # the run has read and published nothing yet
+            threads.append(threading.Thread(target=forget))
+            threads[0].start()
+
+    result = scoring.score_customers(db, model, mode="full", chunk_rows=500,
+                                     progress=erase_mid_run)
+    threads[0].join(60)
+    assert erasures and erasures[0].rows_removed["segment_assignments"] == 1
+    assert result.rows_scored == 5_000
+    assert query(db, "SELECT count(*) FROM customer_segments WHERE customer_id ="
+                     " 'C00000007'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(4_999,)]
+
+
+def test_an_erasure_before_a_partitioned_publish_makes_it_refuse(
+        db: str, trained, models_dir: Path, synthetic_csv: Path) -> None:
+    """Partition tasks have built their tables (holding the customer); an erasure drops
+    them, and the publish refuses instead of publishing the customer back."""
+    load_batch(db, synthetic_csv)
+    model = register_champion(db, trained, models_dir, "m-gdpr-3")
+    run = "00000000-0000-4000-8000-0000000000e1"
+    staged = [scoring.stage_partition(db, model, "full", run, p, 2) for p in range(2)]
+    with connection(db) as conn:
+        privacy.forget_customers(conn, ["C00000007"], "test")
+    with pytest.raises(SegmentationError, match="staged rows do not match|were erased"):
+        scoring.publish_staged(db, model, "full", run, staged)
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
