@@ -70,7 +70,8 @@ def score_partition(model_version: str, mode: Literal["full", "incremental"], ru
     with track(f"partition {part + 1}/{parts}", log=logger.info) as update:
         staged = scoring.stage_partition(database_url(), deferred_model(model_version), mode,
                                          run_id, part, parts, chunk_rows, start.since,
-                                         lambda rows, _s: update(rows), build=start.rebuild)
+                                         lambda rows, _s: update(rows), build=start.rebuild,
+                                         started_at=start.started_at)
     logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
                 f"{staged.rows:,}", staged.seconds)
     return staged

@@ -43,6 +43,7 @@ from segmentation.runs import (
     record_failure,
     record_run,
     refuse_erased_since,
+    server_now,
     succeeded_run,
 )
 
@@ -186,11 +187,12 @@ def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
 
 def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: int,
                     parts: int, chunk_rows: int = 100_000, since: datetime | None = None,
-                    progress: Progress | None = None,
-                    build: bool | None = None) -> PartitionResult:
+                    progress: Progress | None = None, build: bool | None = None,
+                    started_at: datetime | None = None) -> PartitionResult:
     """Score one hash partition: into a build table of its own when the run rewrites every
     row (build; None: decide here), else into scoring_stage under run_id. A retry replaces
-    the partition's rows either way."""
+    the partition's rows either way. started_at: the run's start, which its published rows
+    carry as scored_at (default: now)."""
     started = time.perf_counter()
     with connection(url) as writer, connection(url) as reader:
         # the run lock, shared: no single-process run or erasure while this partition reads
@@ -199,7 +201,7 @@ def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: 
             build = rebuild.wants_rebuild(writer, model.version)
         if build:
             return build_partition(reader, writer, model, run_id, part, parts, chunk_rows,
-                                   progress, started)
+                                   progress, started, started_at)
         writer.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = %s",
                        (run_id, part))
         writer.execute("CREATE TEMP TABLE part_stage (customer_id text, segment_id smallint)"
@@ -216,18 +218,17 @@ def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: 
 
 def build_partition(reader: psycopg.Connection, writer: psycopg.Connection, model: Classifier,
                     run_id: str, part: int, parts: int, chunk_rows: int,
-                    progress: Progress | None, started: float) -> PartitionResult:
+                    progress: Progress | None, started: float,
+                    started_at: datetime | None) -> PartitionResult:
     """One partition's build table, loaded and indexed here (in parallel with the other
     partitions) and committed unattached. The run lock is held shared meanwhile: a
     single-process run cannot publish, nor sweep this table away, until it is done."""
     table = rebuild.build_name(run_id, part)
     rebuild.drop_tables(writer, [table])  # a retried partition starts over
-    scored_at = writer.execute("SELECT clock_timestamp()").fetchone()
-    assert scored_at is not None
     result = ScoreResult(run_id, model.version, "full")
     rows, predict_s, snapshot_at, comparison = build_table(
-        reader, writer, table, result, scored_at[0], model, chunk_rows, progress,
-        (part, parts))
+        reader, writer, table, result, started_at or server_now(writer), model, chunk_rows,
+        progress, (part, parts))
     return PartitionResult(part, parts, rows, round(predict_s, 3),
                            round(time.perf_counter() - started, 3), snapshot_at, table,
                            comparison)

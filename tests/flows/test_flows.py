@@ -128,6 +128,10 @@ def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic
                                " published_by FROM scoring_runs ORDER BY started_at DESC"
                                " LIMIT 1")
     assert last_run == [("3", 5_000, 5_000, 5_000, "swap")]
+    # every partition's rows carry the run's start, as a single-process run's do
+    assert query(flow_env, "SELECT DISTINCT scored_at, first_scored_at FROM customer_segments")\
+        == [(started, started) for (started,) in query(
+            flow_env, "SELECT started_at FROM scoring_runs ORDER BY started_at DESC LIMIT 1")]
     # each partition built its own table, now the published table's 3 hash partitions
     assert query(flow_env, "SELECT count(*) FROM pg_inherits"
                            " WHERE inhparent = 'segment_assignments'::regclass") == [(3,)]

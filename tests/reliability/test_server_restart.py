@@ -130,8 +130,12 @@ def test_crash_mid_stream_then_rerun(own_server: OwnServer, own_db: str, trained
     load_batch(own_db, csv_100k)
     model = register_champion(own_db, trained, models_dir, "m-restart-2")
 
+    crashed: list[int] = []
+
     def crash_after_first_chunk(rows: int, seconds: float) -> None:
-        own_server.crash()  # the reader and the writer lose the server mid-COPY
+        if not crashed:  # chunks already read go on to the writer, which then fails
+            crashed.append(rows)
+            own_server.crash()  # the reader and the writer lose the server mid-COPY
 
     with pytest.raises(RUN_FAILED):
         scoring.score_customers(own_db, model, mode="full", chunk_rows=10_000,
