@@ -127,12 +127,7 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
                                                               synthetic_frame) -> None:
     first = scoring.score_customers(db, champion, mode="incremental")
     assert first.published_by == "swap"  # every row is new
-    other = dataclasses.replace(champion, version="m-score-2",
-                                label_to_segment=champion.label_to_segment[::-1])
-    with connection(db) as conn:
-        conn.execute("INSERT INTO model_versions (version, status, k, metrics, path, sha256)"
-                     " SELECT 'm-score-2', 'challenger', k, metrics, path, sha256"
-                     " FROM model_versions WHERE version = %s", (champion.version,))
+    other = register_copy(db, champion, "m-score-2", champion.label_to_segment[::-1])
     retrained = scoring.score_customers(db, other, mode="incremental")
     assert (retrained.published_by, retrained.rows_in, retrained.rows_changed,
             retrained.rows_moved) == ("swap", 5_000, 5_000, 5_000)  # ids reversed: all move
