@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from segmentation.db import merge_joins
-from segmentation.rebuild import build_name, index_build, swap_in
+from segmentation.rebuild import build_name, create_like, index_build, swap_in
 from segmentation.runs import ScoreResult
 
 # A run writing at least this share of the published table builds a new partition and
@@ -99,8 +99,7 @@ def swap_partition(conn: psycopg.Connection, result: ScoreResult,
     and swap it in for the old partitions (rebuild.swap_in). If readers hold the table
     longer than its lock timeout, drop the build and return False."""
     table = build_name(result.run_id)
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE segment_assignments INCLUDING DEFAULTS"
-                         " INCLUDING CONSTRAINTS)").format(sql.Identifier(table)))
+    create_like(conn, table)
     with merge_joins(conn):  # the anti join
         conn.execute(sql.SQL(
             "INSERT INTO {} (customer_id, segment_id, model_version, scored_at, run_id,"

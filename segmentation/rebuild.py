@@ -53,6 +53,12 @@ def is_empty(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
+def create_like(conn: psycopg.Connection, table: str) -> None:
+    """An empty, unattached table with segment_assignments' columns and constraints."""
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE segment_assignments INCLUDING DEFAULTS"
+                         " INCLUDING CONSTRAINTS)").format(sql.Identifier(table)))
+
+
 def create_build(conn: psycopg.Connection, table: str, result: ScoreResult,
                  scored_at: datetime) -> None:
     """An empty table shaped like segment_assignments whose defaults are this run's
@@ -60,8 +66,7 @@ def create_build(conn: psycopg.Connection, table: str, result: ScoreResult,
     segment for finding movers: COPY then sends only (id, segment[, old segment, first
     run])."""
     name = sql.Identifier(table)
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE segment_assignments INCLUDING DEFAULTS"
-                         " INCLUDING CONSTRAINTS)").format(name))
+    create_like(conn, table)
     conn.execute(sql.SQL(
         "ALTER TABLE {} ALTER COLUMN model_version SET DEFAULT {},"
         " ALTER COLUMN scored_at SET DEFAULT {}, ALTER COLUMN run_id SET DEFAULT {},"
@@ -116,11 +121,11 @@ def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     with merge_joins(conn):
         return conn.execute(sql.SQL(
-        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
-        " old_model_version, new_model_version, changed_at, run_id)"
-        " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s, %s"
-        " FROM {} b JOIN segment_assignments a USING (customer_id)"
-        " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table)),
+            "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
+            " old_model_version, new_model_version, changed_at, run_id)"
+            " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s,"
+            " %s FROM {} b JOIN segment_assignments a USING (customer_id)"
+            " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table)),
             (result.model_version, scored_at, result.run_id)).rowcount
 
 

@@ -89,9 +89,7 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
                 table = rebuild.build_name(result.run_id)
                 rows, predict_s, snapshot_at, comparison = build_table(
                     reader, writer, table, result, started_at, model, chunk_rows, progress)
-                result.rows_in = result.rows_scored = rows
-                result.timings["stream_s"] = round(time.perf_counter() - started, 3)
-                result.timings["predict_s"] = round(predict_s, 3)
+                note_stream(result, rows, predict_s, started)
                 finish_build(writer, result, [table], comparison, started, started_at,
                              snapshot_at)
                 return result
@@ -102,14 +100,19 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
                 reader, writer, "COPY scored_stage FROM STDIN (FORMAT csv)",
                 select_customers(mode, model.version, since=since), model, chunk_rows,
                 progress)
-            result.rows_in = result.rows_scored = rows
-            result.timings["stream_s"] = round(time.perf_counter() - started, 3)
-            result.timings["predict_s"] = round(predict_s, 3)
+            note_stream(result, rows, predict_s, started)
             finish_run(writer, result, started, started_at, snapshot_at)
     except BaseException as exc:
         record_failure(url, result, started_at, exc)
         raise
     return result
+
+
+def note_stream(result: ScoreResult, rows: int, predict_s: float, started: float) -> None:
+    """What the stream did, into the run's result (either way of publishing)."""
+    result.rows_in = result.rows_scored = rows
+    result.timings["stream_s"] = round(time.perf_counter() - started, 3)
+    result.timings["predict_s"] = round(predict_s, 3)
 
 
 def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: str,
@@ -261,8 +264,10 @@ def check_staged(conn: psycopg.Connection, run_id: str, staged: list[PartitionRe
 
 def built_rows(conn: psycopg.Connection, table: str | None) -> int:
     """Rows in a partition's build table (0 if it is gone: swept, or never built)."""
+    if not table:
+        return 0
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-    if not table or not exists or not exists[0]:
+    if not exists or not exists[0]:
         return 0
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
                        ).fetchone()
