@@ -7,13 +7,15 @@ BIN    := $(VENV)/bin
 
 # uv when it is on PATH (seconds with a warm cache), else pip: either way exactly the locked
 # versions, each checked against its sha256 (requirements-dev.lock, generated from
-# pyproject.toml by `make lock`), then the package itself without dependencies.
+# pyproject.toml by `make lock`), then the package itself without dependencies. Bytecode is
+# compiled at install, as pip does by default and the image does: otherwise, where
+# PYTHONDONTWRITEBYTECODE is set, every CLI run compiles Great Expectations and Prefect again.
 UV ?= $(shell command -v uv 2>/dev/null)
 
 $(BIN)/segmentation: pyproject.toml requirements-dev.lock
 ifneq ($(UV),)
 	$(UV) venv --quiet --allow-existing --seed --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --require-hashes -r requirements-dev.lock
+	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --compile-bytecode --require-hashes -r requirements-dev.lock
 	VIRTUAL_ENV=$(abspath $(VENV)) $(UV) pip install --quiet --no-deps -e .
 else
 	$(PYTHON) -m venv $(VENV)
