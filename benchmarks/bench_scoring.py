@@ -13,11 +13,13 @@ bytecode first, as an install leaves them; see compile_bytecode); the peak RSS o
 tree is sampled every 50 ms with psutil. "Ours" is the CLI a user or the deployment runs:
 `segmentation nightly` (validate tonight's batch of N rows, then score every customer
 into an empty customer_segments), then `segmentation score --mode full` in one process
-and on a 2-worker local Dask cluster; then two ordinary nights: a batch of the 1 % of
-customers that changed, and a full export of every customer of which 1 % changed; last the
-night after a retrain, when every customer is rescored by the new model. Prints seconds,
-rows/s, peak RSS, and the ratios floor/nightly, naive/nightly, dask/single and floor over
-each of the later nights.
+and on a 2-worker local Dask cluster (threads, the default, then worker processes); then
+two ordinary nights: a batch of the 1 % of customers that changed, and a full export of
+every customer of which 1 % changed; last the night after a retrain, when every customer is
+rescored by the new model, in one process and with 2 partitions (twice: the first
+partitioned night also changes the published table's layout from one partition to two,
+the second is every later partitioned night). Prints seconds, rows/s, peak RSS, and the
+ratios floor/nightly, naive/nightly, dask/single and floor over each of the later nights.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,6 +202,20 @@ def full_snapshot(original: Path, out: Path, rows: int) -> None:
             sink.write(block)
 
 
+def promote_retrain(url: str, seed: int, champion: Any, models: Path) -> Any:
+    """Train on another sample (ids aligned with the champion's) and promote it: the next
+    night rescores every customer. Returns the new model."""
+    from segmentation import registry
+    from segmentation.training import load_training_frame, register_and_gate, train_model
+
+    retrained = train_model(load_training_frame(url, 200_000, seed), registry.new_version(),
+                            k=4, k_range=range(0), random_state=seed, champion=champion)
+    register_and_gate(url, registry.save_version(retrained.model, retrained.metrics,
+                                                 retrained.sizes, models), retrained,
+                      force=True)
+    return retrained.model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -245,8 +262,12 @@ def main() -> None:
             single = stage("(d) segmentation score --mode full, empty table",
                            [*cli, "score", "--mode", "full"], env, args.rows)
             reset_segments(url)
-            dask = stage("(e) same, --partitions 2 (local Dask)",
+            dask = stage("(e) same, --partitions 2 (local Dask, 2 threads)",
                          [*cli, "score", "--mode", "full", "--partitions", "2"], env, args.rows)
+            reset_segments(url)
+            processes = stage("(e') same, worker processes instead of threads",
+                              [*cli, "score", "--mode", "full", "--partitions", "2"],
+                              {**env, "SEGMENTATION_DASK_PROCESSES": "true"}, args.rows)
             reset_segments(url)  # (f) onwards start from the one-process publish
             stage("    (d) again, to start (f) from", [*cli, "score", "--mode", "full"], env,
                   args.rows)
@@ -262,29 +283,24 @@ def main() -> None:
             snapshot = stage("(g) nightly, full snapshot, 1 % changed", [*cli, "nightly"],
                              env, args.rows)
             # the night after ops promote a retrained model: every customer is rescored
-            # and, scored by another version, gets a history row
-            retrained = train_model(load_training_frame(url, 200_000, 43),
-                                    registry.new_version(), k=4, k_range=range(0),
-                                    random_state=43, champion=result.model)
-            register_and_gate(url, registry.save_version(
-                retrained.model, retrained.metrics, retrained.sizes, Path(tmp) / "models"),
-                retrained, force=True)
+            # (a few thousand move: the new model's ids are aligned with the champion's)
+            champion = promote_retrain(url, 43, result.model, Path(tmp) / "models")
             after_retrain = stage("(h) nightly after a retrain (all rescored)",
                                   [*cli, "nightly"], env, args.rows)
-            retrained_again = train_model(load_training_frame(url, 200_000, 44),
-                                          registry.new_version(), k=4, k_range=range(0),
-                                          random_state=44, champion=retrained.model)
-            register_and_gate(url, registry.save_version(
-                retrained_again.model, retrained_again.metrics, retrained_again.sizes,
-                Path(tmp) / "models"), retrained_again, force=True)
-            retrain_dask = stage("(i) (h) with --partitions 2 (local Dask)",
+            champion = promote_retrain(url, 44, champion, Path(tmp) / "models")
+            layout_change = stage("(i) (h) with --partitions 2, after a 1-partition night",
+                                  [*cli, "nightly", "--partitions", "2"], env, args.rows)
+            promote_retrain(url, 45, champion, Path(tmp) / "models")
+            retrain_dask = stage("(j) (h) with --partitions 2, after a 2-partition night",
                                  [*cli, "nightly", "--partitions", "2"], env, args.rows)
             spark = spark_peer(args.spark, url, args.rows) if args.spark else None
         ratios = [f"floor/(c) first nightly {floor / nightly:.2f}",
                   f"floor/(d) first scoring {floor / single:.2f}",
                   f"floor/(h) after retrain {floor / after_retrain:.2f}",
                   f"(e)/(d) dask/single {dask / single:.2f}",
-                  f"(i)/(h) dask/single {retrain_dask / after_retrain:.2f}",
+                  f"(e')/(d) processes/single {processes / single:.2f}",
+                  f"(i)/(h) {layout_change / after_retrain:.2f}",
+                  f"(j)/(h) dask/single {retrain_dask / after_retrain:.2f}",
                   f"floor/(f) typical {floor / typical:.2f}",
                   f"floor/(g) snapshot {floor / snapshot:.2f}"]
         if naive is not None:

@@ -75,13 +75,14 @@ def dask_task_runner(settings: Settings, partitions: int) -> Any:
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    workers = min(settings.dask_workers, partitions)
-    # Local workers report to this run's API; on the ephemeral API each would otherwise
-    # start its own temporary server (about 7 s each).
-    env = {"PREFECT_API_URL": current_api_url()}
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None,
-                                          "env": env})
+    cluster: dict[str, Any] = {"n_workers": min(settings.dask_workers, partitions),
+                               "threads_per_worker": 1, "dashboard_address": None,
+                               "processes": settings.dask_processes}
+    if settings.dask_processes:
+        # Worker processes report to this run's API; on the ephemeral API each would
+        # otherwise start its own temporary server.
+        cluster["env"] = {"PREFECT_API_URL": current_api_url()}
+    return DaskTaskRunner(cluster_kwargs=cluster)
 
 
 def current_api_url() -> str:

@@ -39,9 +39,14 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None,
         description="Scheduler of an existing Dask cluster for partitioned scoring (tcp://...)."
-        " Unset: a local cluster of dask_workers processes.",
+        " Unset: a local cluster of dask_workers workers.",
     )
     dask_workers: int = Field(default=2, gt=0, description="Workers of the local Dask cluster.")
+    dask_processes: bool = Field(
+        default=False, description="Local Dask workers as processes of their own (true) or"
+        " as threads of the flow's process (false): a partition's work is PostgreSQL's COPY,"
+        " Arrow parsing and numpy, which release the GIL, and threads share one copy of the"
+        " libraries and the model instead of loading them once per worker.")
     retry_window_s: float = Field(
         default=600, ge=0,
         description="How long database tasks keep retrying transient errors (a restart, a"

@@ -230,7 +230,9 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
     compare = compare_run is not None
-    if compare:  # the plan is a merge join of two key scans: nothing worth compiling
+    if compare:  # a merge join of two key scans (hashed, 10 M rows spill to disk in batches);
+        # nothing in it worth compiling
+        reader.execute("SET LOCAL enable_hashjoin = off")
         reader.execute("SET LOCAL jit = off")
     with writer.cursor().copy(copy_sql) as sink:
         for table in iter_tables(reader, query, chunk_rows, compare):

@@ -85,16 +85,18 @@ def copy_into(table: str, carry: bool) -> sql.Composed:
 
 
 def select_for_build(model_version: str, carry: bool,
-                     partition: tuple[int, int] | None = None) -> sql.Composed:
+                     partition: tuple[int, int] | None = None,
+                     published: str = "segment_assignments") -> sql.Composed:
     """Every customer, with their published segment, first run and whether the same model
     scored them (carry), or alone (nothing published yet); optionally only the customers
-    of hash partition (i, n) of segment_assignments."""
+    of hash partition (i, n) of segment_assignments, whose published rows are all in
+    `published` (the matching partition when the layout is already n partitions)."""
     columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
     if carry:
         query = sql.SQL(
             "SELECT {}, s.segment_id, s.first_run_id, s.model_version = {} FROM customers c"
-            " LEFT JOIN segment_assignments s USING (customer_id)").format(
-            columns, sql.Literal(model_version))
+            " LEFT JOIN {} s USING (customer_id)").format(
+            columns, sql.Literal(model_version), sql.Identifier(published))
     else:
         query = sql.SQL("SELECT {} FROM customers c").format(columns)
     if partition is not None:
@@ -103,6 +105,24 @@ def select_for_build(model_version: str, carry: bool,
                         " {}, {}, c.customer_id)").format(query, sql.Literal(parts),
                                                           sql.Literal(part))
     return query
+
+
+def published_source(conn: psycopg.Connection, partition: tuple[int, int] | None) -> str:
+    """Where the published rows of hash partition (i, n) are: partition i itself when
+    segment_assignments is already n hash partitions (a partitioned run's reader and its
+    history then read half the published rows each, not all), else the whole table."""
+    if partition is None:
+        return "segment_assignments"
+    part, parts = partition
+    bounds: dict[str, str] = dict(conn.execute(
+        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'segment_assignments'::regclass").fetchall())
+    name = f"segment_assignments_p{part}"
+    if len(bounds) == parts and bounds.get(name) == \
+            f"FOR VALUES WITH (modulus {parts}, remainder {part})":
+        return name
+    return "segment_assignments"
 
 
 def index_build(conn: psycopg.Connection, table: str) -> None:
@@ -114,18 +134,20 @@ def index_build(conn: psycopg.Connection, table: str) -> None:
 
 
 def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
-                 scored_at: datetime) -> int:
+                 scored_at: datetime, published: str = "segment_assignments") -> int:
     """History rows for the build's movers (old model from the published row, which is
-    still attached); returns how many. Both tables are read in key order (a merge join):
-    after a retrain that moved many, a hash join of two 10 M-row tables spills."""
+    still attached, in `published`: see published_source); returns how many. Both tables
+    are read in key order (a merge join): after a retrain that moved many, a hash join of
+    two 10 M-row tables spills."""
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     with merge_joins(conn):
         return conn.execute(sql.SQL(
             "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
             " old_model_version, new_model_version, changed_at, run_id)"
             " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s,"
-            " %s FROM {} b JOIN segment_assignments a USING (customer_id)"
-            " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table)),
+            " %s FROM {} b JOIN {} a USING (customer_id)"
+            " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table),
+                                                               sql.Identifier(published)),
             (result.model_version, scored_at, result.run_id)).rowcount
 
 

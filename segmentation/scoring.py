@@ -126,7 +126,9 @@ def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: s
     comparison = Comparison()
     rows, predict_s, snapshot_at = stream_scores(
         reader, writer, rebuild.copy_into(table, carry),
-        rebuild.select_for_build(model.version, carry, partition), model, chunk_rows,
+        rebuild.select_for_build(model.version, carry, partition,
+                                 rebuild.published_source(writer, partition)),
+        model, chunk_rows,
         progress, compare_run=result.run_id if carry else None, comparison=comparison)
     if not carry:
         comparison.new = rows
@@ -144,7 +146,9 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
     refuse_erased_since(writer, snapshot_at)
     result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
     t0 = time.perf_counter()
-    moved = sum(rebuild.record_moves(writer, t, result, started_at) for t in tables)
+    parts = len(tables)
+    moved = sum(rebuild.record_moves(writer, table, result, started_at, rebuild.published_source(
+        writer, (part, parts) if parts > 1 else None)) for part, table in enumerate(tables))
     if moved != comparison.moved:  # the stream and the table must tell the same story
         raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"
                                 f" {comparison.moved:,} counted while streaming; not publishing")

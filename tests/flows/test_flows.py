@@ -104,10 +104,14 @@ def test_nightly_validates_then_scores_and_stops_on_a_bad_batch(
     assert snapshot_segments(flow_env) == before
 
 
+@pytest.mark.parametrize("processes", ["false", "true"], ids=["threads", "processes"])
 def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic_csv: Path,
-                                                        trained, models_dir: Path) -> None:
-    """A 2-worker local Dask cluster scores 3 hash partitions; the published table, the
-    history and the run's counts equal the single-process run's."""
+                                                        trained, models_dir: Path,
+                                                        monkeypatch, processes: str) -> None:
+    """A 2-worker local Dask cluster (worker threads, the default, or worker processes)
+    scores 3 hash partitions; the published table, the history and the run's counts equal
+    the single-process run's."""
+    monkeypatch.setenv("SEGMENTATION_DASK_PROCESSES", processes)
     from flows.nightly_scoring import score_flow
     from segmentation.db import connection
     from tests.helpers import register_champion, snapshot_segments

@@ -259,6 +259,42 @@ def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
     assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
 
 
+def test_a_partitioned_retrain_reads_only_its_own_published_partition(db: str,
+                                                                      champion) -> None:
+    """When the published table is already n hash partitions, a partition task of an
+    n-partition rebuild reads (and its history joins) only its own; the published rows,
+    the movers and the new customers come out as from the whole table."""
+    first = scoring.publish_staged(db, champion, "full", RUN_A, stage_all(db, champion,
+                                                                          RUN_A, 2))
+    with connection(db) as conn:
+        assert [rebuild.published_source(conn, (part, 2)) for part in (0, 1)] == \
+            ["segment_assignments_p0", "segment_assignments_p1"]
+        # another layout, or one process: the whole table
+        assert rebuild.published_source(conn, (1, 3)) == "segment_assignments"
+        assert rebuild.published_source(conn, None) == "segment_assignments"
+    before = {r[0]: r[1] for r in snapshot_segments(db)}
+    mapping = champion.label_to_segment.copy()
+    zero, one = list(mapping).index(0), list(mapping).index(1)
+    mapping[zero], mapping[one] = 1, 0
+    other = register_copy(db, champion, "m-score-5", mapping)
+    night = scoring.publish_staged(db, other, "full", RUN_B, stage_all(db, other, RUN_B, 2))
+    movers = {c for c, s in before.items() if s in (0, 1)}
+    assert (night.published_by, night.rows_new, night.rows_moved) == ("swap", 0, len(movers))
+    assert sorted(c for (c,) in query(db, "SELECT customer_id FROM segment_history")) == \
+        sorted(movers)
+    after = {r[0]: r[1] for r in snapshot_segments(db)}
+    assert after == {c: (1 - s if c in movers else s) for c, s in before.items()}
+    assert query(db, "SELECT DISTINCT first_run_id::text FROM customer_segments") == \
+        [(first.run_id,)]
+    with connection(db) as conn:  # a single-process publish: one partition again
+        scoring.score_customers(db, champion, mode="full")
+        assert rebuild.published_source(conn, (0, 2)) == "segment_assignments"
+
+
+RUN_A = "00000000-0000-4000-8000-00000000000a"
+RUN_B = "00000000-0000-4000-8000-00000000000b"
+
+
 def test_builds_of_a_partitioned_run_that_never_published_are_swept(db: str,
                                                                    champion) -> None:
     """Partition tasks commit their build tables unattached; if the publish never comes,
