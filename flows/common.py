@@ -75,9 +75,12 @@ def dask_task_runner(settings: Settings, partitions: int) -> Any:
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
+    # Every HTTP endpoint (scheduler, workers) on the loopback and a free port: in-process
+    # workers would otherwise listen on every interface, and the scheduler on 8787.
     cluster: dict[str, Any] = {"n_workers": min(settings.dask_workers, partitions),
-                               "threads_per_worker": 1, "dashboard_address": None,
-                               "processes": settings.dask_processes}
+                               "threads_per_worker": 1, "processes": settings.dask_processes,
+                               "dashboard_address": "127.0.0.1:0",
+                               "worker_dashboard_address": "127.0.0.1:0"}
     if settings.dask_processes:
         # Worker processes report to this run's API; on the ephemeral API each would
         # otherwise start its own temporary server.

@@ -104,6 +104,28 @@ def test_nightly_validates_then_scores_and_stops_on_a_bad_batch(
     assert snapshot_segments(flow_env) == before
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool) -> None:
+    """The local cluster the partitioned run starts opens no port on another interface
+    (in-process workers default to every interface) and no fixed one (8787)."""
+    import psutil
+    from distributed import LocalCluster
+
+    from flows.common import dask_task_runner
+    from segmentation.config import load_settings
+
+    settings = load_settings().model_copy(update={"dask_processes": processes})
+    kwargs = dask_task_runner(settings, 2).cluster_kwargs
+    if processes:
+        kwargs = {**kwargs, "env": {}}
+    with LocalCluster(**kwargs):
+        me = psutil.Process()
+        listening = [c.laddr for p in [me, *me.children(recursive=True)]
+                     for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+    assert all(addr.port != 8787 for addr in listening)
+
+
 @pytest.mark.parametrize("processes", ["false", "true"], ids=["threads", "processes"])
 def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic_csv: Path,
                                                         trained, models_dir: Path,
