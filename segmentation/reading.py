@@ -230,7 +230,8 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
     compare = compare_run is not None
-    if compare:  # a merge join of two key scans (hashed, 10 M rows spill to disk in batches);
+    if compare:
+        # a merge join of two key scans (hashed, 10 M rows spill to disk in batches), with
         # nothing in it worth compiling
         reader.execute("SET LOCAL enable_hashjoin = off")
         reader.execute("SET LOCAL jit = off")

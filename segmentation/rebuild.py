@@ -118,11 +118,16 @@ def published_source(conn: psycopg.Connection, partition: tuple[int, int] | None
         "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
         " JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'segment_assignments'::regclass").fetchall())
-    name = f"segment_assignments_p{part}"
+    name = partition_name(part, parts)
     if len(bounds) == parts and bounds.get(name) == \
             f"FOR VALUES WITH (modulus {parts}, remainder {part})":
         return name
     return "segment_assignments"
+
+
+def partition_name(part: int, parts: int) -> str:
+    """What partition `part` of `parts` of segment_assignments is called once swapped in."""
+    return "segment_assignments_p" if parts == 1 else f"segment_assignments_p{part}"
 
 
 def index_build(conn: psycopg.Connection, table: str) -> None:
@@ -184,7 +189,7 @@ def swap_in(conn: psycopg.Connection, tables: list[str]) -> bool:
         return False
     parts = len(tables)
     for part, table in enumerate(tables):
-        final = "segment_assignments_p" if parts == 1 else f"segment_assignments_p{part}"
+        final = partition_name(part, parts)
         conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table),
                                                                   sql.Identifier(final)))
         conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(

@@ -147,8 +147,10 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
     result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
     t0 = time.perf_counter()
     parts = len(tables)
-    moved = sum(rebuild.record_moves(writer, table, result, started_at, rebuild.published_source(
-        writer, (part, parts) if parts > 1 else None)) for part, table in enumerate(tables))
+    sources = [rebuild.published_source(writer, (part, parts) if parts > 1 else None)
+               for part in range(parts)]
+    moved = sum(rebuild.record_moves(writer, table, result, started_at, source)
+                for table, source in zip(tables, sources, strict=True))
     if moved != comparison.moved:  # the stream and the table must tell the same story
         raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"
                                 f" {comparison.moved:,} counted while streaming; not publishing")
