@@ -114,10 +114,7 @@ def published_source(conn: psycopg.Connection, partition: tuple[int, int] | None
     if partition is None:
         return "segment_assignments"
     part, parts = partition
-    bounds: dict[str, str] = dict(conn.execute(
-        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
-        " JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'segment_assignments'::regclass").fetchall())
+    bounds = published_partitions(conn)
     name = partition_name(part, parts)
     if len(bounds) == parts and bounds.get(name) == \
             f"FOR VALUES WITH (modulus {parts}, remainder {part})":
@@ -165,11 +162,12 @@ def finish_build(conn: psycopg.Connection, table: str) -> None:
         " ALTER COLUMN first_run_id DROP DEFAULT").format(sql.Identifier(table)))
 
 
-def published_partitions(conn: psycopg.Connection) -> list[str]:
-    """The partitions that make up segment_assignments now."""
-    return [name for (name,) in conn.execute(
-        "SELECT inhrelid::regclass::text FROM pg_inherits"
-        " WHERE inhparent = 'segment_assignments'::regclass ORDER BY 1").fetchall()]
+def published_partitions(conn: psycopg.Connection) -> dict[str, str]:
+    """The partitions that make up segment_assignments now, by name, with their bounds."""
+    return dict(conn.execute(
+        "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'segment_assignments'::regclass ORDER BY 1").fetchall())
 
 
 def swap_in(conn: psycopg.Connection, tables: list[str]) -> bool:

@@ -116,7 +116,7 @@ def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool) -> Non
 
     settings = load_settings().model_copy(update={"dask_processes": processes})
     kwargs = dask_task_runner(settings, 2).cluster_kwargs
-    if processes:
+    if processes:  # the workers need no Prefect API here
         kwargs = {**kwargs, "env": {}}
     with LocalCluster(**kwargs):
         me = psutil.Process()
