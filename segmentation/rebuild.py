@@ -135,22 +135,64 @@ def index_build(conn: psycopg.Connection, table: str) -> None:
         sql.Identifier(table), sql.Identifier(f"{table}_pkey")))
 
 
+def select_moves(table: str, published: str) -> sql.Composed:
+    """The build's movers: (customer, old segment, new segment, old model), the old model
+    from the published row (still attached, in `published`: see published_source)."""
+    return sql.SQL(
+        "SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version"
+        " FROM {} b JOIN {} a USING (customer_id) WHERE b.old_segment_id <> b.segment_id"
+    ).format(sql.Identifier(table), sql.Identifier(published))
+
+
 def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
                  scored_at: datetime, published: str = "segment_assignments") -> int:
-    """History rows for the build's movers (old model from the published row, which is
-    still attached, in `published`: see published_source); returns how many. Both tables
-    are read in key order (a merge join): after a retrain that moved many, a hash join of
-    two 10 M-row tables spills."""
+    """History rows for the build's movers; returns how many. Both tables are read in key
+    order (a merge join): after a retrain that moved many, a hash join of two 10 M-row
+    tables spills."""
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     with merge_joins(conn):
         return conn.execute(sql.SQL(
             "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
             " old_model_version, new_model_version, changed_at, run_id)"
-            " SELECT b.customer_id, b.old_segment_id, b.segment_id, a.model_version, %s, %s,"
-            " %s FROM {} b JOIN {} a USING (customer_id)"
-            " WHERE b.old_segment_id <> b.segment_id").format(sql.Identifier(table),
-                                                               sql.Identifier(published)),
+            " SELECT m.*, %s, %s, %s FROM ({}) m").format(select_moves(table, published)),
             (result.model_version, scored_at, result.run_id)).rowcount
+
+
+def moves_name(table: str) -> str:
+    """Where a partition's build table keeps its movers until the publish (named after
+    it: swept with it if the run never publishes)."""
+    return f"{table}_moves"
+
+
+def stage_moves(conn: psycopg.Connection, table: str, published: str) -> int:
+    """A partition task finds its build's movers itself, in parallel with the other
+    partitions, into a table beside its build; the publish only copies them into
+    segment_history. Returns how many. Another publish in between sweeps both tables, so
+    the late publish is refused (check_staged) rather than recording stale moves."""
+    conn.execute(sql.SQL("CREATE TABLE {} (customer_id text, old_segment_id smallint,"
+                         " new_segment_id smallint, old_model_version text)").format(
+        sql.Identifier(moves_name(table))))
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    with merge_joins(conn):
+        return conn.execute(sql.SQL("INSERT INTO {} {}").format(
+            sql.Identifier(moves_name(table)), select_moves(table, published))).rowcount
+
+
+def publish_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
+                  scored_at: datetime) -> int:
+    """A partition's staged movers into segment_history (none if it staged none: nothing
+    was published when it read); returns how many."""
+    moves = moves_name(table)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (moves,)).fetchone()
+    if not row or not row[0]:
+        return 0
+    moved = conn.execute(sql.SQL(
+        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
+        " old_model_version, new_model_version, changed_at, run_id)"
+        " SELECT m.*, %s, %s, %s FROM {} m").format(sql.Identifier(moves)),
+        (result.model_version, scored_at, result.run_id)).rowcount
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(moves)))
+    return moved
 
 
 def finish_build(conn: psycopg.Connection, table: str) -> None:

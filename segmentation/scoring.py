@@ -120,14 +120,15 @@ def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: s
                 progress: Progress | None = None, partition: tuple[int, int] | None = None
                 ) -> tuple[int, float, datetime, Comparison]:
     """Stream every customer (of a partition) into a new build table in the writer's
-    transaction, compared with the published rows on the way, then index it."""
+    transaction, compared with the published rows on the way, then index it; a partition
+    also finds its movers (rebuild.stage_moves), in parallel with the others."""
     carry = not rebuild.is_empty(writer)  # nothing published yet: nothing to compare
+    published = rebuild.published_source(writer, partition)
     rebuild.create_build(writer, table, result, scored_at)
     comparison = Comparison()
     rows, predict_s, snapshot_at = stream_scores(
         reader, writer, rebuild.copy_into(table, carry),
-        rebuild.select_for_build(model.version, carry, partition,
-                                 rebuild.published_source(writer, partition)),
+        rebuild.select_for_build(model.version, carry, partition, published),
         model, chunk_rows,
         progress, compare_run=result.run_id if carry else None, comparison=comparison)
     if not carry:
@@ -135,22 +136,26 @@ def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: s
     t0 = time.perf_counter()
     rebuild.index_build(writer, table)
     result.timings["index_s"] = round(time.perf_counter() - t0, 3)
+    if partition is not None and carry:
+        rebuild.stage_moves(writer, table, published)
     return rows, predict_s, snapshot_at, comparison
 
 
 def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[str],
                  comparison: Comparison, started: float, started_at: datetime,
-                 snapshot_at: datetime) -> None:
-    """Movers' history, the swap (or, if readers hold the table too long, an upsert of the
-    build) and the run's record, in the writer's (locked) transaction."""
+                 snapshot_at: datetime, partitioned: bool = False) -> None:
+    """Movers' history (found here, or staged by the partition tasks), the swap (or, if
+    readers hold the table too long, an upsert of the build) and the run's record, in the
+    writer's (locked) transaction."""
     refuse_erased_since(writer, snapshot_at)
     result.rows_quarantined = claim_quarantined(writer, result.run_id, snapshot_at)
     t0 = time.perf_counter()
-    parts = len(tables)
-    sources = [rebuild.published_source(writer, (part, parts) if parts > 1 else None)
-               for part in range(parts)]
-    moved = sum(rebuild.record_moves(writer, table, result, started_at, source)
-                for table, source in zip(tables, sources, strict=True))
+    if partitioned:
+        moved = sum(rebuild.publish_moves(writer, table, result, started_at)
+                    for table in tables)
+    else:
+        moved = sum(rebuild.record_moves(writer, table, result, started_at)
+                    for table in tables)
     if moved != comparison.moved:  # the stream and the table must tell the same story
         raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"
                                 f" {comparison.moved:,} counted while streaming; not publishing")
@@ -233,7 +238,7 @@ def build_partition(reader: psycopg.Connection, writer: psycopg.Connection, mode
     partitions) and committed unattached. The run lock is held shared meanwhile: a
     single-process run cannot publish, nor sweep this table away, until it is done."""
     table = rebuild.build_name(run_id, part)
-    rebuild.drop_tables(writer, [table])  # a retried partition starts over
+    rebuild.drop_tables(writer, [table, rebuild.moves_name(table)])  # a retry starts over
     result = ScoreResult(run_id, model.version, "full")
     rows, predict_s, snapshot_at, comparison = build_table(
         reader, writer, table, result, started_at or server_now(writer), model, chunk_rows,
@@ -313,7 +318,7 @@ def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
                 for p in staged:
                     comparison.add(p.comparison)
                 finish_build(writer, result, tables, comparison, started, started_at,
-                             snapshot_at)
+                             snapshot_at, partitioned=True)
                 return result
             writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT customer_id,"
                            " segment_id FROM scoring_stage WHERE run_id = %s", (run_id,))

@@ -277,8 +277,17 @@ def test_a_partitioned_retrain_reads_only_its_own_published_partition(db: str,
     zero, one = list(mapping).index(0), list(mapping).index(1)
     mapping[zero], mapping[one] = 1, 0
     other = register_copy(db, champion, "m-score-5", mapping)
-    night = scoring.publish_staged(db, other, "full", RUN_B, stage_all(db, other, RUN_B, 2))
+    staged = stage_all(db, other, RUN_B, 2)
+    staged[1] = scoring.stage_partition(db, other, "full", RUN_B, 1, 2, chunk_rows=600)
     movers = {c for c, s in before.items() if s in (0, 1)}
+    # each task found its own movers (a retried one replaced them); nothing is history yet
+    found = [query(db, f"SELECT customer_id FROM {rebuild.moves_name(p.table or '')}")
+             for p in staged]
+    assert sorted(c for rows in found for (c,) in rows) == sorted(movers)
+    assert all(rows for rows in found)
+    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
+    night = scoring.publish_staged(db, other, "full", RUN_B, staged)
+    assert build_tables(db) == []  # the moves tables went with the publish
     assert (night.published_by, night.rows_new, night.rows_moved) == ("swap", 0, len(movers))
     assert sorted(c for (c,) in query(db, "SELECT customer_id FROM segment_history")) == \
         sorted(movers)
