@@ -151,11 +151,19 @@ def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
     tables spills."""
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     with merge_joins(conn):
-        return conn.execute(sql.SQL(
-            "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
-            " old_model_version, new_model_version, changed_at, run_id)"
-            " SELECT m.*, %s, %s, %s FROM ({}) m").format(select_moves(table, published)),
-            (result.model_version, scored_at, result.run_id)).rowcount
+        return insert_history(conn, sql.SQL("({})").format(select_moves(table, published)),
+                              result, scored_at)
+
+
+def insert_history(conn: psycopg.Connection, moves: sql.Composable, result: ScoreResult,
+                   scored_at: datetime) -> int:
+    """segment_history rows from movers shaped like select_moves' (a query or a table),
+    stamped with this run; returns how many."""
+    return conn.execute(sql.SQL(
+        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
+        " old_model_version, new_model_version, changed_at, run_id)"
+        " SELECT m.*, %s, %s, %s FROM {} m").format(moves),
+        (result.model_version, scored_at, result.run_id)).rowcount
 
 
 def moves_name(table: str) -> str:
@@ -186,11 +194,7 @@ def publish_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (moves,)).fetchone()
     if not row or not row[0]:
         return 0
-    moved = conn.execute(sql.SQL(
-        "INSERT INTO segment_history (customer_id, old_segment_id, new_segment_id,"
-        " old_model_version, new_model_version, changed_at, run_id)"
-        " SELECT m.*, %s, %s, %s FROM {} m").format(sql.Identifier(moves)),
-        (result.model_version, scored_at, result.run_id)).rowcount
+    moved = insert_history(conn, sql.Identifier(moves), result, scored_at)
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(moves)))
     return moved
 
