@@ -12,6 +12,8 @@ SEGMENTATION_FLOW_TIMEOUT_S.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import task
@@ -86,6 +88,18 @@ def dask_task_runner(settings: Settings, partitions: int) -> Any:
         # otherwise start its own temporary server.
         cluster["env"] = {"PREFECT_API_URL": current_api_url()}
     return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+@contextmanager
+def quiet_workers() -> Iterator[None]:
+    """Dask workers started inside run without their statistical profiler, which every
+    10 ms walks the stack of each task thread holding the GIL: the partition tasks are
+    long, CPU-bound and share one interpreter, so the samples cost them, and nobody reads
+    the profile (an existing cluster, SEGMENTATION_DASK_ADDRESS, keeps its own config)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        yield
 
 
 def current_api_url() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -9,7 +10,14 @@ from typing import TYPE_CHECKING, Literal
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import dask_task_runner, database_url, db_task, flow_settings, flow_timeout_s
+from flows.common import (
+    dask_task_runner,
+    database_url,
+    db_task,
+    flow_settings,
+    flow_timeout_s,
+    quiet_workers,
+)
 from flows.validate import report_drift, validate_pending
 from segmentation import drift, privacy, registry, reports, scoring
 from segmentation.config import Settings
@@ -27,9 +35,23 @@ def load_model(version: str | None = None) -> SegmentationModel:
         return registry.load_version(conn, version)
 
 
+_LOADED: dict[str, SegmentationModel] = {}
+_LOADING = threading.Lock()
+
+
+def shared_model(version: str) -> SegmentationModel:
+    """The version, loaded once per process: partition tasks on one worker's threads share
+    it (a model is read-only once loaded) instead of each decoding its own copy."""
+    with _LOADING:
+        if version not in _LOADED:
+            _LOADED.clear()  # only tonight's model stays in memory
+            _LOADED[version] = load_model(version)
+        return _LOADED[version]
+
+
 def deferred_model(version: str) -> registry.DeferredModel:
     """The version, loaded only if this task has rows to score."""
-    return registry.DeferredModel(version, lambda: load_model(version))
+    return registry.DeferredModel(version, lambda: shared_model(version))
 
 
 @db_task
@@ -128,8 +150,9 @@ def run_scoring(settings: Settings, mode: Literal["full", "incremental"], wait: 
     version = champion_version()
     if partitions > 1:
         runner = dask_task_runner(settings, partitions)
-        result = partitioned_scoring.with_options(task_runner=runner)(
-            version, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
+        with quiet_workers():
+            result = partitioned_scoring.with_options(task_runner=runner)(
+                version, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
     else:
         result = score_customers(version, mode, settings.chunk_rows, wait, settings.lock_wait_s)
     create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, create_engine
@@ -128,6 +129,81 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
             yield conn
     finally:
         conn.close()
+
+
+class ArrowSession:
+    """A read-only session that streams query results as Arrow record batches (ADBC's
+    PostgreSQL driver: the server's binary COPY, decoded natively, off the GIL)."""
+
+    def __init__(self, adbc_conn: Any) -> None:
+        self._conn = adbc_conn
+        self._cursor = adbc_conn.cursor()
+
+    def execute(self, statement: str) -> None:
+        """A statement without rows (BEGIN, SET ...)."""
+        with translate_adbc_errors():
+            self._cursor.execute(statement)
+
+    def stream(self, query: str, batch_bytes: int) -> Iterator[Any]:
+        """The query's rows as record batches of about batch_bytes each."""
+        from adbc_driver_postgresql import StatementOptions
+
+        with translate_adbc_errors():
+            self._cursor.adbc_statement.set_options(
+                **{StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(batch_bytes)})
+            self._cursor.execute(query)
+            reader = self._cursor.fetch_record_batch()
+            try:
+                yield from reader
+            finally:
+                reader.close()
+
+
+@contextmanager
+def translate_adbc_errors() -> Iterator[None]:
+    """ADBC's errors as ours, in one line: a dropped or refused connection is
+    DatabaseUnavailable (retried like psycopg's), anything else a SegmentationError. Errors
+    while streaming come through Arrow's reader as OSError or ArrowException, with libpq's
+    text and no SQLSTATE."""
+    from adbc_driver_manager import Error as AdbcError
+    from pyarrow import ArrowException
+
+    try:
+        yield
+    except (AdbcError, ArrowException, OSError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        state = getattr(exc, "sqlstate", None)
+        transient = state in TRANSIENT_SQLSTATES if state else is_transient_text(text)
+        error = DatabaseUnavailable if transient else SegmentationError
+        raise error(f"reading from the database: {first}") from exc
+
+
+@contextmanager
+def arrow_reader_session(conn: psycopg.Connection, snapshot: str,
+                         settings: list[str]) -> Iterator[ArrowSession]:
+    """A second session to the server of `conn` (same parameters and password) that reads
+    in the snapshot `conn` exported (pg_export_snapshot), with `settings` (SET LOCAL ...)
+    applied; closed on exit, which releases its snapshot and locks."""
+    from adbc_driver_postgresql import dbapi
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    params = conn.info.get_parameters()  # the non-default ones, without the password
+    if conn.info.password:
+        params["password"] = conn.info.password
+    with translate_adbc_errors():
+        adbc_conn = dbapi.connect(make_conninfo(**params), autocommit=True)
+    try:
+        session = ArrowSession(adbc_conn)
+        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        session.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+                        .as_string(conn))
+        for statement in settings:
+            session.execute(statement)
+        yield session
+    finally:
+        adbc_conn.close()
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
-from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
+from segmentation.features import COLUMNS, ID_COLUMN
 from segmentation.ingest import ACCEPT_LOCK
 from segmentation.runs import Mode
 
@@ -85,28 +85,40 @@ def select_customers(mode: Mode, model_version: str,
 
 def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
                 ) -> Iterator[pd.DataFrame]:
-    """Stream a query with COPY ... TO STDOUT (CSV) and yield DataFrames of chunk_rows rows."""
+    """Stream a query (see iter_tables) and yield DataFrames of chunk_rows rows."""
     for table in iter_tables(conn, query, chunk_rows):
         yield table.to_pandas()
 
 
 def iter_tables(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
                 compare: bool = False) -> Iterator[Any]:
-    """Stream a query with COPY ... TO STDOUT (CSV) and yield Arrow tables of chunk_rows
-    rows (with OLD_COLUMNS after the features when compare).
+    """Stream a query in conn's snapshot and yield Arrow tables of chunk_rows rows (the
+    last one shorter), columns named COLUMNS (then OLD_COLUMNS when compare).
 
-    A thread drains the COPY into blocks while the caller parses and predicts: otherwise
-    the server, which formats every value as text and is the slowest stage, would stall
-    whenever the socket's buffer is full. At most two blocks wait in memory."""
-    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
-    blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+    The rows come through a second session (ADBC's PostgreSQL driver) that imports conn's
+    snapshot: it reads the server's binary COPY into Arrow natively, where reading it row
+    by row in Python costs more than parsing and predicting together. A thread pulls the
+    batches while the caller predicts, so the server never stalls on a full socket; at
+    most two batches wait in memory. It is closed (its snapshot and locks released) once
+    the rows are read or the caller stops."""
+    from segmentation.db import arrow_reader_session
+
+    names = list(COLUMNS) + (list(OLD_COLUMNS) if compare else [])
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert snapshot is not None
+    # a merge join of two key scans (hashed, 10 M rows spill to disk in batches), with
+    # nothing in it worth compiling
+    settings = ["SET LOCAL enable_hashjoin = off", "SET LOCAL jit = off"] if compare else []
+    # the driver sizes its batches in bytes: about a chunk's worth
+    batch_bytes = max(chunk_rows, 1) * (16 + 9 * len(names))
+    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
-    def offer(item: bytes | BaseException | None) -> bool:
+    def offer(item: Any) -> bool:
         """Queue an item unless the consumer has gone; False when it has."""
         while not stop.is_set():
             try:
-                blocks.put(item, timeout=0.1)
+                batches.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -114,16 +126,10 @@ def iter_tables(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
 
     def drain() -> None:
         try:
-            rows: list[bytes] = []
-            with conn.cursor().copy(statement) as copy:
-                for row in copy:  # one CSV record per item
-                    rows.append(bytes(row))
-                    if len(rows) >= chunk_rows:
-                        if not offer(b"".join(rows)):
-                            return
-                        rows = []
-            if rows and not offer(b"".join(rows)):
-                return
+            with arrow_reader_session(conn, snapshot[0], settings) as session:
+                for batch in session.stream(query.as_string(conn), batch_bytes):
+                    if not offer(batch):
+                        return
             offer(None)
         except BaseException as exc:  # handed to the consumer, raised there
             offer(exc)
@@ -131,39 +137,33 @@ def iter_tables(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
     reader = threading.Thread(target=drain, name="copy-out", daemon=True)
     reader.start()
     try:
-        while (item := blocks.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield _parse(item, compare)
+        yield from rechunk(iter(batches.get, None), chunk_rows, names)
     finally:
         stop.set()
         reader.join()
 
 
-def read_types(pa: Any, compare: bool = False) -> dict[str, Any]:
-    """Arrow types of the columns a run reads."""
-    types = {ID_COLUMN: pa.string(), **{f: pa.float64() for f in FEATURES}}
-    if compare:
-        types.update(zip(OLD_COLUMNS, (pa.int16(), pa.string(), pa.bool_()), strict=True))
-    return types
-
-
-def _parse(block: bytes, compare: bool = False) -> Any:
-    """CSV records -> an Arrow table (pyarrow's parser; ids stay strings, verbatim). pyarrow
-    is imported on the first rows: a night with nothing to score never loads it."""
+def rechunk(batches: Iterator[Any], chunk_rows: int, names: list[str]) -> Iterator[Any]:
+    """Arrow tables of exactly chunk_rows rows (the last one shorter) from record batches
+    of any size, columns renamed to `names`; an exception among the batches is raised."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
-    names = list(COLUMNS) + (list(OLD_COLUMNS) if compare else [])
-    table = pacsv.read_csv(
-        io.BytesIO(block),
-        read_options=pacsv.ReadOptions(column_names=names),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=read_types(pa, compare), true_values=["t"], false_values=["f"],
-            # an id is never null; the old columns are null for a new customer
-            strings_can_be_null=compare, quoted_strings_can_be_null=False))
-    return table
+    pending: list[Any] = []
+    held = 0
+    for batch in batches:
+        if isinstance(batch, BaseException):
+            raise batch
+        batch = batch.rename_columns(names)
+        while held + batch.num_rows >= chunk_rows:
+            take = chunk_rows - held
+            pending.append(batch.slice(0, take))
+            yield pa.Table.from_batches(pending)
+            pending, held, batch = [], 0, batch.slice(take)
+        if batch.num_rows:
+            pending.append(batch)
+            held += batch.num_rows
+    if held:
+        yield pa.Table.from_batches(pending)
 
 
 def encode_scores(ids: Any, segments: Any, old: Any = None, run_id: str = "") -> bytes:
@@ -230,11 +230,6 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
     compare = compare_run is not None
-    if compare:
-        # a merge join of two key scans (hashed, 10 M rows spill to disk in batches), with
-        # nothing in it worth compiling
-        reader.execute("SET LOCAL enable_hashjoin = off")
-        reader.execute("SET LOCAL jit = off")
     with writer.cursor().copy(copy_sql) as sink:
         for table in iter_tables(reader, query, chunk_rows, compare):
             chunk = table.select(list(COLUMNS)).to_pandas()

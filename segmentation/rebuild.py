@@ -94,7 +94,7 @@ def select_for_build(model_version: str, carry: bool,
     columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
     if carry:
         query = sql.SQL(
-            "SELECT {}, s.segment_id, s.first_run_id, s.model_version = {} FROM customers c"
+            "SELECT {}, s.segment_id, s.first_run_id::text, s.model_version = {} FROM customers c"
             " LEFT JOIN {} s USING (customer_id)").format(
             columns, sql.Literal(model_version), sql.Identifier(published))
     else:

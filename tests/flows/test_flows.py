@@ -126,6 +126,52 @@ def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool) -> Non
     assert all(addr.port != 8787 for addr in listening)
 
 
+def test_partition_workers_run_without_the_stack_sampling_profiler() -> None:
+    """The workers of the partitioned run's local cluster do not sample the task threads'
+    stacks every 10 ms (Dask's default), which would take the GIL from the scoring."""
+    from distributed import LocalCluster
+
+    from flows.common import dask_task_runner, quiet_workers
+    from segmentation.config import load_settings
+
+    kwargs = dask_task_runner(load_settings(), 2).cluster_kwargs
+    with LocalCluster(**kwargs) as default:
+        assert all("profile" in w.periodic_callbacks for w in default.workers.values())
+    with quiet_workers(), LocalCluster(**kwargs) as quiet:
+        assert quiet.workers
+        assert not any("profile" in w.periodic_callbacks for w in quiet.workers.values())
+
+
+def test_partition_tasks_of_one_process_share_one_loaded_model(db: str, trained,
+                                                               models_dir: Path,
+                                                               monkeypatch) -> None:
+    """Partition tasks on one worker's threads load the night's model once between them;
+    another version replaces it."""
+    import threading
+
+    from flows import nightly_scoring
+    from tests.helpers import register_champion
+
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
+    register_champion(db, trained, models_dir, "m-shared-1")
+    register_champion(db, trained, models_dir, "m-shared-2")
+    loads: list[str] = []
+    real_load = nightly_scoring.load_model
+    monkeypatch.setattr(nightly_scoring, "load_model",
+                        lambda v=None: loads.append(v) or real_load(v))
+    monkeypatch.setattr(nightly_scoring, "_LOADED", {})
+    models = []
+    threads = [threading.Thread(target=lambda: models.append(
+        nightly_scoring.deferred_model("m-shared-1").model())) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == ["m-shared-1"] and len({id(m) for m in models}) == 1
+    assert nightly_scoring.deferred_model("m-shared-2").model().version == "m-shared-2"
+    assert loads == ["m-shared-1", "m-shared-2"]
+
+
 @pytest.mark.parametrize("processes", ["false", "true"], ids=["threads", "processes"])
 def test_dask_partitions_give_the_single_process_result(flow_env: str, synthetic_csv: Path,
                                                         trained, models_dir: Path,

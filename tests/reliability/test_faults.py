@@ -218,3 +218,27 @@ def test_rebuild_killed_mid_load_or_mid_index_changes_nothing(db: str, trained,
         ("swap", 200_000, 200_000)
     assert query(db, "SELECT DISTINCT model_version FROM customer_segments") == [("m-kill-3",)]
     assert orphan_builds(db) == []
+
+
+def test_reader_killed_mid_stream_is_transient_and_changes_nothing(db: str, trained,
+                                                                  models_dir: Path,
+                                                                  big_csv: Path) -> None:
+    """The session that streams customers out (a binary COPY through ADBC) is killed: the
+    run fails with one line that the flows retry (DatabaseUnavailable), the published table
+    is as it was, and a rerun publishes everyone."""
+    from segmentation.db import is_transient
+    from segmentation.errors import DatabaseUnavailable
+
+    load_batch(db, big_csv)
+    model = register_champion(db, trained, models_dir, "m-kill-reader")
+    killer = kill_backends_running(db, "COPY (SELECT%FROM customers c%")
+    with pytest.raises(DatabaseUnavailable) as failed:
+        scoring.score_customers(db, model, mode="full", chunk_rows=10_000)
+    killer.join()
+    assert is_transient(failed.value)
+    assert "\n" not in str(failed.value) and "terminating connection" in str(failed.value)
+    assert snapshot_segments(db) == []
+    assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
+    result = scoring.score_customers(db, model, mode="full", wait=True)
+    assert (result.rows_scored, result.published_by) == (200_000, "swap")
+    assert orphan_builds(db) == []
