@@ -219,6 +219,13 @@ def compare_chunk(old: Any, segments: Any) -> Comparison:
                       switched=int((known & ~moved & ~same_model).sum()))
 
 
+def has_rows(conn: psycopg.Connection, query: sql.Composed) -> bool:
+    """Whether the query returns anything, in conn's snapshot (the planner stops at the
+    first row)."""
+    row = conn.execute(sql.SQL("SELECT EXISTS ({})").format(query)).fetchone()
+    return bool(row and row[0])
+
+
 def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
                   copy_sql: str | sql.Composed, query: sql.Composed, model: Classifier,
                   chunk_rows: int, progress: Progress | None = None,
@@ -229,6 +236,9 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     row (OLD_COLUMNS), which goes into the COPY and is counted into `comparison`."""
     rows, predict_s, started = 0, 0.0, time.perf_counter()
     snapshot_at = open_snapshot(reader)
+    if not has_rows(reader, query):  # a night with nothing to score loads no Arrow, no ADBC
+        reader.commit()
+        return rows, predict_s, snapshot_at
     compare = compare_run is not None
     with writer.cursor().copy(copy_sql) as sink:
         for table in iter_tables(reader, query, chunk_rows, compare):

@@ -415,3 +415,20 @@ def test_each_quarantine_is_counted_by_the_run_that_scores_its_batch(
     assert (second.rows_in, second.rows_quarantined) == (39, 1)  # 39 + 1 = 40 incoming
     third = scoring.score_customers(db, champion, mode="full")
     assert third.rows_quarantined == 0
+
+
+def test_a_run_with_nothing_to_read_opens_no_reading_session(db: str, champion,
+                                                             monkeypatch) -> None:
+    """A night with nothing new is the common one: it reads nothing, so it neither starts
+    the ADBC session nor imports Arrow for it."""
+    from segmentation import db as database
+    from segmentation import scoring
+
+    scoring.score_customers(db, champion, mode="incremental")  # everyone, once
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("opened a reading session with nothing to read")
+
+    monkeypatch.setattr(database, "arrow_reader_session", refuse)
+    again = scoring.score_customers(db, champion, mode="incremental")
+    assert (again.rows_in, again.rows_changed) == (0, 0)
