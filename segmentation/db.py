@@ -136,7 +136,6 @@ class ArrowSession:
     PostgreSQL driver: the server's binary COPY, decoded natively, off the GIL)."""
 
     def __init__(self, adbc_conn: Any) -> None:
-        self._conn = adbc_conn
         self._cursor = adbc_conn.cursor()
 
     def execute(self, statement: str) -> None:

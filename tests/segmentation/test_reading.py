@@ -67,4 +67,3 @@ def test_an_error_while_reading_is_one_clear_line(db: str) -> None:
         list(iter_tables(conn, sql.Composed([sql.SQL("SELECT 1 / 0")]), 10))
     assert "division by zero" in str(failed.value)
     assert "\n" not in str(failed.value)
-
