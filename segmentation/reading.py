@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
-from segmentation.features import COLUMNS, ID_COLUMN
+from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
 from segmentation.ingest import ACCEPT_LOCK
 from segmentation.runs import Mode
 
@@ -24,6 +24,7 @@ Progress = Callable[[int, float], None]
 
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 # What a build's reader adds to each customer (rebuild.select_for_build): the published
@@ -47,12 +48,13 @@ class Comparison:
 
 
 class Classifier(Protocol):
-    """What a run scores with: a model's version and its predict (a SegmentationModel, or
-    a registry.DeferredModel that loads the model on the first chunk)."""
+    """What a run scores with: a model's version and its predict of a feature matrix (a
+    SegmentationModel, or a registry.DeferredModel that loads the model on the first
+    chunk)."""
 
     version: str
 
-    def predict(self, frame: pd.DataFrame) -> Any: ...
+    def predict_matrix(self, x: np.ndarray) -> Any: ...
 
 
 
@@ -219,6 +221,22 @@ def compare_chunk(old: Any, segments: Any) -> Comparison:
                       switched=int((known & ~moved & ~same_model).sum()))
 
 
+def feature_matrix_of(table: Any) -> np.ndarray:
+    """The FEATURES columns of an Arrow table as one float64 matrix (NaN where null),
+    copied once, straight from Arrow: no DataFrame in between."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    x = np.empty((table.num_rows, len(FEATURES)), dtype=np.float64)
+    for j, name in enumerate(FEATURES):
+        column = table[name]
+        if column.type != pa.float64():
+            column = pc.cast(column, pa.float64())
+        x[:, j] = column.to_numpy(zero_copy_only=False)
+    return x
+
+
 def has_rows(conn: psycopg.Connection, query: sql.Composed) -> bool:
     """Whether the query returns anything, in conn's snapshot (the planner stops at the
     first row)."""
@@ -242,15 +260,14 @@ def stream_scores(reader: psycopg.Connection, writer: psycopg.Connection,
     compare = compare_run is not None
     with writer.cursor().copy(copy_sql) as sink:
         for table in iter_tables(reader, query, chunk_rows, compare):
-            chunk = table.select(list(COLUMNS)).to_pandas()
             t0 = time.perf_counter()
-            segments = model.predict(chunk)
+            segments = model.predict_matrix(feature_matrix_of(table))
             predict_s += time.perf_counter() - t0
             old = table.select(list(OLD_COLUMNS)) if compare else None
             if old is not None and comparison is not None:
                 comparison.add(compare_chunk(old, segments))
             sink.write(encode_scores(table[ID_COLUMN], segments, old, compare_run or ""))
-            rows += len(chunk)
+            rows += table.num_rows
             if progress:
                 progress(rows, time.perf_counter() - started)
     reader.commit()  # release the snapshot and its locks: a swap must not wait for them

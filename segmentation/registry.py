@@ -236,6 +236,10 @@ class DeferredModel:
         """Segment ids for a chunk of customers."""
         return self.model().predict(frame)
 
+    def predict_matrix(self, x: Any) -> Any:
+        """Segment ids for a chunk's feature matrix (see SegmentationModel.predict_matrix)."""
+        return self.model().predict_matrix(x)
+
 
 def model_payload(model: SegmentationModel) -> dict[str, Any]:
     """The model as plain parts skops can store without pickling a class of ours."""

@@ -67,3 +67,21 @@ def test_an_error_while_reading_is_one_clear_line(db: str) -> None:
         list(iter_tables(conn, sql.Composed([sql.SQL("SELECT 1 / 0")]), 10))
     assert "division by zero" in str(failed.value)
     assert "\n" not in str(failed.value)
+
+
+def test_feature_matrix_keeps_nulls_as_nan_in_feature_order(db: str) -> None:
+    """The matrix a chunk is scored from: every feature in FEATURES order, float64, nulls
+    as NaN (what the imputer fills), other values to the last digit."""
+    import numpy as np
+
+    from segmentation.reading import feature_matrix_of
+
+    insert_customers(db, ["a", "b", "c"])
+    with connection(db) as conn:
+        (table,) = iter_tables(conn, select_customers("full", "m"), 10)
+    x = feature_matrix_of(table)
+    assert x.shape == (3, len(FEATURES)) and x.dtype == np.float64 and x.flags.c_contiguous
+    by_id = dict(zip(table[ID_COLUMN].to_pylist(), x.tolist(), strict=True))
+    balance, tenure = FEATURES.index("balance"), FEATURES.index("tenure")
+    assert math.isnan(by_id["a"][balance]) and by_id["b"][balance] == 1 / 3
+    assert by_id["c"][tenure] == 12.0 and math.isnan(by_id["c"][FEATURES.index("purchases")])

@@ -110,3 +110,39 @@ def test_imputation_uses_training_means(trained, synthetic_frame) -> None:
     index = list(trained.model.features).index("minimum_payments")
     assert z[0, index] == pytest.approx((means["minimum_payments"] - scaler.mean_[index])
                                         / scaler.scale_[index])
+
+
+def test_scoring_arithmetic_is_the_pipelines_to_the_bit(trained, synthetic_frame) -> None:
+    """Scoring imputes and scales in place from the fitted means and scales: the same
+    numbers as the scikit-learn pipeline, nulls included, and the same segments."""
+    from segmentation.features import feature_matrix
+
+    frame = synthetic_frame.head(2_000).copy()
+    frame.loc[frame.index[::7], "minimum_payments"] = np.nan
+    frame.loc[frame.index[::11], "credit_limit"] = np.nan
+    pipeline = trained.model.pipeline
+    expected = np.asarray(pipeline[:-1].transform(feature_matrix(frame)))
+    assert np.array_equal(trained.model.standardize(frame), expected)
+    labels = trained.model.label_to_segment[pipeline[-1].predict(expected)]
+    assert np.array_equal(trained.model.predict(frame), labels)
+    x = feature_matrix(frame).copy()
+    assert np.array_equal(trained.model.predict_matrix(x), labels)
+
+
+def test_an_unusual_pipeline_is_left_to_scikit_learn(trained, synthetic_frame) -> None:
+    """A scaler that does not centre (not what training builds) is not recomputed by hand
+    (its mean_ is still fitted: subtracting it would be wrong)."""
+    import dataclasses
+
+    from sklearn.base import clone
+
+    from segmentation.features import feature_matrix
+
+    frame = synthetic_frame.head(500).copy()
+    frame.loc[frame.index[::5], "balance"] = np.nan
+    pipeline = clone(trained.model.pipeline)
+    pipeline.set_params(scale__with_mean=False)
+    pipeline.fit(feature_matrix(synthetic_frame))
+    model = dataclasses.replace(trained.model, pipeline=pipeline)
+    assert np.array_equal(model.standardize(frame),
+                          np.asarray(pipeline[:-1].transform(feature_matrix(frame))))
