@@ -232,10 +232,6 @@ class DeferredModel:
                 raise ModelError(f"asked for model {self.version}, loaded {self._model.version}")
         return self._model
 
-    def predict(self, frame: Any) -> Any:
-        """Segment ids for a chunk of customers."""
-        return self.model().predict(frame)
-
     def predict_matrix(self, x: Any) -> Any:
         """Segment ids for a chunk's feature matrix (see SegmentationModel.predict_matrix)."""
         return self.model().predict_matrix(x)
