@@ -100,8 +100,11 @@ def start_lock(home: Path) -> Iterator[None]:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether nothing listens on the port (so a restart keeps the UI's address)."""
+    """Whether nothing listens on the port (so a restart keeps the UI's address). Checked
+    as the server binds, with SO_REUSEADDR: the connections a stopped server closed linger
+    in TIME_WAIT, which keeps a plain bind out for a minute but not the server."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:

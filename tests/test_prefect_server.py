@@ -90,3 +90,24 @@ def test_a_dead_server_whose_port_was_taken_is_replaced_on_another_port(
     assert start.returncode == 0 and out.startswith("started"), (out, err)
     server = running_server(home)
     assert server is not None and server.port != port
+
+
+def test_a_port_left_only_with_closed_connections_counts_as_free() -> None:
+    """A stopped server closed its connections first, so they linger in TIME_WAIT for a
+    minute; the server binds with SO_REUSEADDR and can take the port again, so the
+    restart must not move the UI to another address. A listener still makes it taken."""
+    import socket
+
+    from segmentation.prefect_server import port_is_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free(port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    assert port_is_free(port)
