@@ -136,10 +136,12 @@ def partitioned_scoring(model_version: str, mode: Literal["full", "incremental"]
 
 
 @db_task
-def segment_mix(model_version: str, run_id: str) -> list[drift.DriftAlert]:
-    """Segment-mix drift of the published table against the champion's training shares."""
+def segment_mix(model_version: str, run_id: str,
+                counts: dict[int, int]) -> list[drift.DriftAlert]:
+    """Segment-mix drift of the published table against the champion's training shares
+    (from the run's counts when it wrote every published row)."""
     with connection(database_url()) as conn:
-        alert = drift.segment_mix_alert(conn, model_version, run_id)
+        alert = drift.segment_mix_alert(conn, model_version, run_id, counts)
     return [alert] if alert else []
 
 
@@ -158,7 +160,8 @@ def run_scoring(settings: Settings, mode: Literal["full", "incremental"], wait: 
     create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
                              description="Latest scoring run")
     # the summary is the run's result (and the CLI's output), the report its artifact
-    return reports.scoring_summary(result), segment_mix(version, result.run_id)
+    return (reports.scoring_summary(result),
+            segment_mix(version, result.run_id, result.segment_counts))
 
 
 @flow(name="nightly-scoring", log_prints=True, timeout_seconds=flow_timeout_s())

@@ -39,9 +39,11 @@ def feature_alert(report: ValidationReport, model_version: str | None) -> DriftA
 
 
 def segment_mix_alert(conn: psycopg.Connection, model_version: str,
-                      run_id: str | None = None) -> DriftAlert | None:
-    """The alert when the published segment shares moved past the major band."""
-    mix = segment_mix_psi(conn)
+                      run_id: str | None = None,
+                      counts: dict[int, int] | None = None) -> DriftAlert | None:
+    """The alert when the published segment shares moved past the major band (counts: the
+    published customers per segment, if the run counted them)."""
+    mix = segment_mix_psi(conn, counts)
     if mix is None or mix < MAJOR_DRIFT:
         return None
     return DriftAlert("segment-mix", f"segment mix PSI {mix:.2f} >= {MAJOR_DRIFT} against model "

@@ -19,7 +19,8 @@ import psycopg
 from psycopg import sql
 
 from segmentation.db import merge_joins
-from segmentation.features import COLUMNS
+from segmentation.features import ID_COLUMN
+from segmentation.reading import packed_features
 from segmentation.runs import ScoreResult
 
 BUILD_PREFIX = "segment_assignments_build_"
@@ -91,7 +92,7 @@ def select_for_build(model_version: str, carry: bool,
     scored them (carry), or alone (nothing published yet); optionally only the customers
     of hash partition (i, n) of segment_assignments, whose published rows are all in
     `published` (the matching partition when the layout is already n partitions)."""
-    columns = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in COLUMNS)
+    columns = sql.SQL("c.{}, {}").format(sql.Identifier(ID_COLUMN), packed_features())
     if carry:
         query = sql.SQL(
             "SELECT {}, s.segment_id, s.first_run_id::text, s.model_version = {} FROM customers c"

@@ -38,6 +38,10 @@ class ScoreResult:
     published_by: str = ""  # "swap": a new partition built and swapped in; "upsert": rows
     rows_new: int = 0  # first scored by this run
     rows_moved: int = 0  # changed segment (each one history row)
+    # customers per segment in the published table, when the run wrote every one of its
+    # rows (a build swapped in): counted while streaming, so the segment mix needs no
+    # GROUP BY of the whole table; empty when not known
+    segment_counts: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""

@@ -168,6 +168,8 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
             rebuild.upsert_build(writer, table, result, started_at)
     writer.execute("ANALYZE segment_assignments")
     result.published_by = "swap" if swapped else "upsert"
+    if swapped:  # the published table is the build: its rows are the ones streamed
+        result.segment_counts = dict(sorted(comparison.segments.items()))
     result.rows_new, result.rows_moved = comparison.new, comparison.moved
     result.rows_changed = comparison.new + comparison.moved + comparison.switched
     result.timings["publish_s"] = round(time.perf_counter() - t0, 3)

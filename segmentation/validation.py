@@ -277,8 +277,20 @@ def drift_warnings(values: dict[str, float]) -> list[str]:
     return warnings
 
 
-def segment_mix_psi(conn: psycopg.Connection) -> float | None:
-    """PSI of today's segment shares against the champion's training shares."""
+def segment_mix_psi(conn: psycopg.Connection,
+                    counts: dict[int, int] | None = None) -> float | None:
+    """PSI of today's segment shares against the champion's training shares; counts: the
+    published customers per segment when the run counted them (else counted here)."""
+    if counts:
+        shares = conn.execute(
+            "SELECT p.segment_id, p.share FROM segment_profiles p JOIN model_versions m"
+            " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"
+        ).fetchall()
+        total = sum(counts.get(segment, 0) for segment, _ in shares)
+        if not total:
+            return None
+        return psi([share for _, share in shares],
+                   [counts.get(segment, 0) / total for segment, _ in shares])
     rows = conn.execute(
         "SELECT p.share, coalesce(c.n, 0)::float8 / nullif(sum(coalesce(c.n, 0)) OVER (), 0)"
         " FROM segment_profiles p JOIN model_versions m ON m.version = p.version"

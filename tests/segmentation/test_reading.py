@@ -3,13 +3,24 @@ one clear line when the database refuses."""
 
 import math
 
+import numpy as np
 import pyarrow as pa
 import pytest
+from psycopg import sql
 
 from segmentation.db import connection
 from segmentation.errors import SegmentationError
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
-from segmentation.reading import iter_tables, open_snapshot, rechunk, select_customers
+from segmentation.reading import (
+    PACKED,
+    SCORE_COLUMNS,
+    feature_matrix_of,
+    iter_chunks,
+    iter_tables,
+    open_snapshot,
+    rechunk,
+    select_customers,
+)
 
 ODD_IDS = ["plain", "with,comma", 'with "quotes"', "multi\nline", "ünïcødé", " spaced "]
 
@@ -32,14 +43,35 @@ def test_chunks_are_exact_and_values_verbatim(db: str) -> None:
     with connection(db) as conn:
         tables = list(iter_tables(conn, select_customers("full", "m"), 1_000))
     assert [t.num_rows for t in tables] == [1_000, 1_000, 500]
-    assert tables[0].column_names == list(COLUMNS)
+    assert tables[0].column_names == list(SCORE_COLUMNS)
+    # chunks cut across the driver's batches: the matrix reads each slice at its offset
+    matrix = np.concatenate([feature_matrix_of(t) for t in tables])
     table = pa.concat_tables(tables)
-    by_id = dict(zip(table[ID_COLUMN].to_pylist(), table["balance"].to_pylist(), strict=True))
-    assert sorted(by_id) == sorted(ids)  # every id once, byte for byte
-    assert by_id["plain"] is None  # a null stays null, for the imputer
-    assert math.isclose(by_id["with,comma"], 1 / 3)  # every digit of the float8
-    assert table.schema.field("tenure").type == pa.float64()
-    assert set(FEATURES) <= set(table.column_names)
+    balance = dict(zip(table[ID_COLUMN].to_pylist(), matrix[:, FEATURES.index("balance")],
+                       strict=True))
+    assert sorted(balance) == sorted(ids)  # every id once, byte for byte
+    assert math.isnan(balance["plain"])  # a null is NaN, for the imputer
+    assert balance["with,comma"] == 1 / 3  # every digit of the float8
+    assert all(balance[f"C{i:05d}"] == (i + len(ODD_IDS)) / 3 for i in range(2_494))
+    assert (matrix[:, FEATURES.index("tenure")] == 12.0).all()
+
+
+def test_the_same_rows_read_as_columns_for_training(db: str) -> None:
+    insert_customers(db, ["a", "b"])
+    with connection(db) as conn:
+        (frame,) = iter_chunks(conn, sql.SQL("SELECT {} FROM customers ORDER BY 1").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)), 10)
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["balance"].isna().tolist() == [True, False] and frame["tenure"].eq(12).all()
+
+
+def test_a_matrix_is_refused_from_anything_but_packed_features() -> None:
+    wrong = pa.table({PACKED: pa.array([b"\x00" * 8 * len(FEATURES), b"\x00" * 8],
+                                       pa.binary())})
+    with pytest.raises(SegmentationError, match="not 17 numbers a row"):
+        feature_matrix_of(wrong)
+    with pytest.raises(SegmentationError, match="not 17 numbers a row"):
+        feature_matrix_of(pa.table({PACKED: pa.array([None], pa.binary())}))
 
 
 def test_rows_come_from_the_callers_snapshot(db: str) -> None:
@@ -61,8 +93,6 @@ def test_rechunk_splits_and_joins_batches_of_any_size() -> None:
 
 
 def test_an_error_while_reading_is_one_clear_line(db: str) -> None:
-    from psycopg import sql
-
     with connection(db) as conn, pytest.raises(SegmentationError) as failed:
         list(iter_tables(conn, sql.Composed([sql.SQL("SELECT 1 / 0")]), 10))
     assert "division by zero" in str(failed.value)
@@ -72,10 +102,6 @@ def test_an_error_while_reading_is_one_clear_line(db: str) -> None:
 def test_feature_matrix_keeps_nulls_as_nan_in_feature_order(db: str) -> None:
     """The matrix a chunk is scored from: every feature in FEATURES order, float64, nulls
     as NaN (what the imputer fills), other values to the last digit."""
-    import numpy as np
-
-    from segmentation.reading import feature_matrix_of
-
     insert_customers(db, ["a", "b", "c"])
     with connection(db) as conn:
         (table,) = iter_tables(conn, select_customers("full", "m"), 10)

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from segmentation import publishing, reading, rebuild, runs, scoring
+from segmentation import publishing, reading, rebuild, runs, scoring, validation
 from segmentation.db import connection, conninfo
 from segmentation.errors import RunLocked, SegmentationError
 from tests.helpers import (
@@ -127,6 +127,14 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
                                                               synthetic_frame) -> None:
     first = scoring.score_customers(db, champion, mode="incremental")
     assert first.published_by == "swap"  # every row is new
+    # a swapped-in build's segments were counted while streaming: the segment mix needs
+    # no GROUP BY of the published table, and reads the same shares
+    published = dict(query(db, "SELECT segment_id, count(*) FROM customer_segments"
+                               " GROUP BY 1 ORDER BY 1"))
+    assert first.segment_counts == published and len(published) > 1
+    with connection(db) as conn:
+        counted = validation.segment_mix_psi(conn, first.segment_counts)
+        assert counted is not None and counted == pytest.approx(validation.segment_mix_psi(conn))
     other = register_copy(db, champion, "m-score-2", champion.label_to_segment[::-1])
     retrained = scoring.score_customers(db, other, mode="incremental")
     assert (retrained.published_by, retrained.rows_in, retrained.rows_changed,
@@ -149,6 +157,7 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
     load_batch(db, delta)
     small = scoring.score_customers(db, other, mode="incremental")
     assert (small.published_by, small.rows_in) == ("upsert", 1)
+    assert small.segment_counts == {}  # it wrote one row: the table's counts are not its own
     assert query(db, "SELECT count(*) FROM customer_segments") == [(5_001,)]
     assert query(db, "SELECT run_id::text, published_by, rows_new FROM scoring_runs"
                      " ORDER BY started_at") == [(first.run_id, "swap", 5_000),
@@ -255,6 +264,8 @@ def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
     result = scoring.publish_staged(db, champion, "full",
                                     "00000000-0000-4000-8000-000000000001", staged)
     assert (result.rows_in, result.rows_changed) == (single.rows_in, single.rows_changed)
+    assert result.segment_counts == single.segment_counts and sum(
+        result.segment_counts.values()) == 5_000
     assert [row[:4] for row in snapshot_segments(db)] == expected
     assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
 
