@@ -282,6 +282,7 @@ def segment_mix_psi(conn: psycopg.Connection,
     """PSI of today's segment shares against the champion's training shares; counts: the
     published customers per segment when the run counted them (else counted here)."""
     if counts:
+        counts = {int(k): int(v) for k, v in counts.items()}  # JSON would make keys text
         shares = conn.execute(
             "SELECT p.segment_id, p.share FROM segment_profiles p JOIN model_versions m"
             " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"

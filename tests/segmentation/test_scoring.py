@@ -135,6 +135,9 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
     with connection(db) as conn:
         counted = validation.segment_mix_psi(conn, first.segment_counts)
         assert counted is not None and counted == pytest.approx(validation.segment_mix_psi(conn))
+        # a result that went through JSON (a Prefect result store) reads the same
+        as_json = {str(k): v for k, v in first.segment_counts.items()}
+        assert validation.segment_mix_psi(conn, as_json) == counted
     other = register_copy(db, champion, "m-score-2", champion.label_to_segment[::-1])
     retrained = scoring.score_customers(db, other, mode="incremental")
     assert (retrained.published_by, retrained.rows_in, retrained.rows_changed,
