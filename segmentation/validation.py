@@ -281,26 +281,22 @@ def segment_mix_psi(conn: psycopg.Connection,
                     counts: dict[int, int] | None = None) -> float | None:
     """PSI of today's segment shares against the champion's training shares; counts: the
     published customers per segment when the run counted them (else counted here)."""
-    if counts:
-        counts = {int(k): int(v) for k, v in counts.items()}  # JSON would make keys text
-        shares = conn.execute(
-            "SELECT p.segment_id, p.share FROM segment_profiles p JOIN model_versions m"
-            " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"
-        ).fetchall()
-        total = sum(counts.get(segment, 0) for segment, _ in shares)
-        if not total:
-            return None
-        return psi([share for _, share in shares],
-                   [counts.get(segment, 0) / total for segment, _ in shares])
-    rows = conn.execute(
-        "SELECT p.share, coalesce(c.n, 0)::float8 / nullif(sum(coalesce(c.n, 0)) OVER (), 0)"
-        " FROM segment_profiles p JOIN model_versions m ON m.version = p.version"
-        " AND m.status = 'champion' LEFT JOIN (SELECT segment_id, count(*) AS n"
-        " FROM customer_segments GROUP BY segment_id) c ON c.segment_id = p.segment_id"
-        " ORDER BY p.segment_id").fetchall()
-    if not rows or rows[0][1] is None:
+    shares = conn.execute(
+        "SELECT p.segment_id, p.share FROM segment_profiles p JOIN model_versions m"
+        " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"
+    ).fetchall()
+    if not shares:
         return None
-    return psi([r[0] for r in rows], [r[1] for r in rows])
+    if not counts:
+        counts = dict(conn.execute(
+            "SELECT segment_id, count(*) FROM customer_segments GROUP BY segment_id"
+        ).fetchall())
+    counts = {int(k): int(v) for k, v in counts.items()}  # JSON would make keys text
+    total = sum(counts.get(segment, 0) for segment, _ in shares)
+    if not total:
+        return None
+    return psi([share for _, share in shares],
+               [counts.get(segment, 0) / total for segment, _ in shares])
 
 
 def psi(expected: list[float], actual: list[float], floor: float = 1e-4) -> float:
