@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger, unmapped
@@ -77,37 +75,26 @@ def score_customers(model_version: str, mode: Literal["full", "incremental"],
 
 
 @db_task
-def check_ready(model_version: str, mode: Literal["full", "incremental"]) -> scoring.RunStart:
-    """Refuse before any work: schema current, no unvalidated or failed batch."""
-    return scoring.check_ready(database_url(), model_version, mode)
-
-
-@db_task
-def score_partition(model_version: str, mode: Literal["full", "incremental"], run_id: str,
-                    part: int, parts: int, chunk_rows: int,
-                    start: scoring.RunStart) -> scoring.PartitionResult:
+def score_partition(model_version: str, start: scoring.RunStart, part: int, parts: int,
+                    chunk_rows: int) -> scoring.PartitionResult:
     """Score one hash partition into scoring_stage, or into a build table of its own on a
     night that rewrites every row (a retry replaces the partition)."""
     logger = get_run_logger()
     with track(f"partition {part + 1}/{parts}", log=logger.info) as update:
-        staged = scoring.stage_partition(database_url(), deferred_model(model_version), mode,
-                                         run_id, part, parts, chunk_rows, start.since,
-                                         lambda rows, _s: update(rows), build=start.rebuild,
-                                         started_at=start.started_at)
+        staged = scoring.stage_partition(database_url(), deferred_model(model_version), start,
+                                         part, parts, chunk_rows,
+                                         lambda rows, _s: update(rows))
     logger.info("partition %d/%d staged: %s rows in %.1f s", part + 1, parts,
                 f"{staged.rows:,}", staged.seconds)
     return staged
 
 
 @db_task
-def publish_partitions(model_version: str, mode: Literal["full", "incremental"], run_id: str,
-                       staged: list[scoring.PartitionResult], wait: bool,
-                       wait_timeout_s: float, started_at: datetime) -> scoring.ScoreResult:
+def publish_partitions(model_version: str, start: scoring.RunStart,
+                       staged: list[scoring.PartitionResult]) -> scoring.ScoreResult:
     """Publish all staged partitions in one transaction (all or nothing; a retry of a
     published run returns its record)."""
-    return scoring.publish_staged(database_url(), deferred_model(model_version), mode, run_id,
-                                  staged, wait=wait, wait_timeout_s=wait_timeout_s,
-                                  started_at=started_at)
+    return scoring.publish_staged(database_url(), deferred_model(model_version), start, staged)
 
 
 @db_task
@@ -121,18 +108,20 @@ def partitioned_scoring(model_version: str, mode: Literal["full", "incremental"]
                         partitions: int, chunk_rows: int, wait: bool,
                         wait_timeout_s: float) -> scoring.ScoreResult:
     """Score hash partitions of customer_id as parallel tasks, then publish them at once.
-    Each task (on any Dask worker) resolves the database and loads the model itself."""
-    start = check_ready(model_version, mode)
-    run_id = str(uuid.uuid4())
-    try:
-        staged = score_partition.map(unmapped(model_version), unmapped(mode), unmapped(run_id),
-                                     range(partitions), unmapped(partitions),
-                                     unmapped(chunk_rows), unmapped(start)).result()
-        return publish_partitions(model_version, mode, run_id, staged, wait, wait_timeout_s,
-                                  start.started_at)
-    except BaseException:
-        discard_staged(run_id)
-        raise
+    This flow's own session holds the run lock from before the partitions read to after
+    the publish, so no other run, nor an erasure, comes in between; each task (on any Dask
+    worker) resolves the database, loads the model and checks the lock itself."""
+    with scoring.begin_partitioned(database_url(), model_version, mode, wait=wait,
+                                   wait_timeout_s=wait_timeout_s) as start:
+        futures = score_partition.map(unmapped(model_version), unmapped(start),
+                                      range(partitions), unmapped(partitions),
+                                      unmapped(chunk_rows))
+        try:
+            futures.wait()  # every partition ends before any is discarded
+            return publish_partitions(model_version, start, futures.result())
+        except BaseException:
+            discard_staged(start.run_id)
+            raise
 
 
 @db_task

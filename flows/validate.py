@@ -66,7 +66,7 @@ def validate_pending(settings: Settings, batch_id: str | None = None
         if isinstance(report, str):  # validated by another run meanwhile
             summaries.append(report)
             continue
-        summaries.append(report.summary())
+        summaries.append(report.summary(examples=False))  # Prefect keeps it: no ids
         create_markdown_artifact(markdown=reports.validation_markdown(report),
                                  key="validation-report", description="Latest validation")
         create_table_artifact(table=reports.validation_rows(report), key="validation-rules",

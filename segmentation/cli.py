@@ -355,7 +355,8 @@ def nightly(
                             partitions=partitions))
 
 
-customers_app = typer.Typer(help="Customers: forget (erasure).", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers: forget (erasure), readmit.",
+                             no_args_is_help=True)
 app.add_typer(customers_app, name="customers")
 
 
@@ -382,6 +383,23 @@ def customers_forget(
     with connection(_url()) as conn:
         erasure = forget_customers(conn, wanted, f"cli: {getpass.getuser()}")
     typer.echo(erasure.summary())
+
+
+@customers_app.command("readmit")
+def customers_readmit(
+    ids: Annotated[list[str], typer.Argument(help="Erased customer ids to allow back.")],
+) -> None:
+    """Take erased ids off the erased list, so that the next batch carrying them loads them
+    (an erased customer otherwise stays erased); logged without the ids."""
+    import getpass
+
+    from segmentation.db import connection
+    from segmentation.privacy import readmit_customers
+
+    with connection(_url()) as conn:
+        count = readmit_customers(conn, ids, f"cli: {getpass.getuser()}")
+    typer.echo(f"{count:,} of {len(set(ids)):,} id(s) were on the erased list and may be loaded "
+               "again" + ("" if count == len(set(ids)) else "; the others were not erased"))
 
 
 alerts_app = typer.Typer(help="Prefect automations that notify ops.", no_args_is_help=True)

@@ -296,8 +296,12 @@ def set_role_password(url: str, role: str, password: str) -> None:
     from psycopg import sql
 
     with connection(url, autocommit=True) as conn:
+        # the server is sent the SCRAM verifier, never the password: a server that logs DDL
+        # (log_statement = 'ddl') would otherwise write it into its log
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                                b"scram-sha-256").decode()
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}")
-                     .format(sql.Identifier(role), sql.Literal(password)))
+                     .format(sql.Identifier(role), sql.Literal(verifier)))
 
 
 def set_marketing_password(url: str, password: str) -> None:

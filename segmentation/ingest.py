@@ -59,6 +59,7 @@ class IngestResult:
     source: str
     rows_in: int
     warnings: list[str] = field(default_factory=list)
+    rows_erased: int = 0  # rows of erased customers, skipped (not landed)
 
 
 def new_batch_id() -> str:
@@ -302,6 +303,25 @@ def _land(conn: psycopg.Connection, batch_id: str) -> None:
             features=features, casts=casts), (batch_id,))
 
 
+def lock_accepts(conn: psycopg.Connection) -> None:
+    """Hold off every accept into customers until this transaction ends (an erasure, and a
+    validation from its quarantine to its accept; scoring snapshots wait for it too)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
+
+
+def drop_erased(conn: psycopg.Connection, table: str, batch_id: str | None = None) -> int:
+    """Delete the rows of erased customers from a landing table, or from one batch of
+    customers_incoming; returns how many. Free while nobody was ever erased."""
+    row = conn.execute("SELECT EXISTS (SELECT FROM erased_customers)").fetchone()
+    if not row or not row[0]:
+        return 0
+    batch = sql.SQL(" AND t.batch_id = %(batch)s") if batch_id else sql.SQL("")
+    return conn.execute(sql.SQL(
+        "DELETE FROM {} t USING erasure_key k, erased_customers e"
+        " WHERE e.id_hash = sha256(k.key || convert_to(t.customer_id, 'UTF8')){}").format(
+        sql.Identifier(table), batch), {"batch": batch_id}).rowcount
+
+
 def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     """Move a validated batch's non-quarantined rows into customers (changed rows only).
 
@@ -309,7 +329,7 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     """
     # Scoring takes its snapshot holding ACCEPT_LOCK (shared): rows stamped after this
     # lock are newer than any run that could not see them (the incremental watermark).
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
+    lock_accepts(conn)
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
     current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
@@ -370,10 +390,14 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
     if rows_in == 0:
         raise IngestError(f"{source}: no data rows (header only); nothing loaded")
     _check_ids(conn)
+    erased = drop_erased(conn, "landing")  # an erased customer stays erased
+    if erased:
+        warnings = [*warnings, f"skipped {erased:,} row(s) of erased customers (`segmentation "
+                    "customers readmit ID` lets one back in)"]
     conn.execute(
         "INSERT INTO ingest_batches (batch_id, source, rows_in, rows_inserted, rows_updated,"
-        " warnings) VALUES (%s, %s, %s, 0, 0, %s::jsonb)",
-        (batch_id, source, rows_in, Json(warnings)),
+        " warnings, rows_erased) VALUES (%s, %s, %s, 0, 0, %s::jsonb, %s)",
+        (batch_id, source, rows_in, Json(warnings), erased),
     )
     try:  # the fast path casts directly; the slow diagnosis runs only when a cast fails
         with conn.transaction():
@@ -389,7 +413,7 @@ def _load_landing(conn: psycopg.Connection, source: str, batch_id: str,
     # fresh statistics: without them the planner expects a few thousand rows per batch and
     # validates a million-row batch without parallel workers (2x slower, measured)
     conn.execute("ANALYZE customers_incoming")
-    return IngestResult(batch_id, source, rows_in, warnings)
+    return IngestResult(batch_id, source, rows_in, warnings, erased)
 
 
 def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",

@@ -40,6 +40,8 @@ class PrefectServer:
 
     pid: int
     port: int
+    started: float = 0.0  # the process's start time (psutil's create_time): proves the pid
+
 
     @property
     def api_url(self) -> str:
@@ -61,7 +63,7 @@ def read_state(home: Path) -> PrefectServer | None:
     """The server last started under this home (it may have died since)."""
     try:
         data = json.loads((server_folder(home) / STATE_FILE).read_text(encoding="utf-8"))
-        return PrefectServer(int(data["pid"]), int(data["port"]))
+        return PrefectServer(int(data["pid"]), int(data["port"]), float(data.get("started", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -146,7 +148,7 @@ def start_server(home: Path, port: int, timeout_s: float) -> PrefectServer:
              "--port", str(port)],
             env=server_env(home, port), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             cwd=folder, start_new_session=True)  # outlives this command, not its Ctrl-C
-    server = PrefectServer(process.pid, port)
+    server = PrefectServer(process.pid, port, process_started(process.pid))
     write_state(home, server)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -169,9 +171,40 @@ def ensure_prefect_server(home: Path, timeout_s: float = START_TIMEOUT_S
         previous = read_state(home)
         if previous is not None and healthy(previous):
             return previous, False
-        if previous is not None:  # died, or hangs: make sure it is gone before replacing it
+        if previous is not None and is_our_server(previous):  # hangs: gone before replacing
             stop_process(previous.pid)
         return start_server(home, pick_port(previous), timeout_s), True
+
+
+def process_started(pid: int) -> float:
+    """When a process started (0.0 if it is gone)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
+def is_our_server(server: PrefectServer) -> bool:
+    """Whether the recorded pid is still the server this home started, leading its process
+    group: after a reboot or a crash the pid may belong to anything, which must never be
+    signalled. A record without a start time (an older release) is proved by the command
+    line instead."""
+    import psutil
+
+    if server.pid <= 0:
+        return False
+    try:
+        process = psutil.Process(server.pid)
+        if os.getpgid(server.pid) != server.pid:
+            return False
+        if server.started:
+            return abs(process.create_time() - server.started) < 0.05
+        command = process.cmdline()
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return False
+    return "prefect" in " ".join(command) and "server" in command and str(server.port) in command
 
 
 def stop_process(pid: int, timeout_s: float = 20.0) -> bool:
@@ -203,7 +236,7 @@ def stop_prefect_server(home: Path) -> bool:
         server = read_state(home)
         if server is None:
             return False
-        stopped = stop_process(server.pid)
+        stopped = is_our_server(server) and stop_process(server.pid)
         # the port is remembered, so the next start keeps the UI's address
         write_state(home, PrefectServer(0, server.port))
         return stopped

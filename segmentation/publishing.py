@@ -110,7 +110,7 @@ def swap_partition(conn: psycopg.Connection, result: ScoreResult,
             " WHERE NOT EXISTS (SELECT FROM segment_changes ch"
             " WHERE ch.customer_id = cs.customer_id)").format(sql.Identifier(table)), params)
     index_build(conn, table)
-    if swap_in(conn, [table]):
+    if swap_in(conn, [table], result.run_id):
         return True
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
     return False

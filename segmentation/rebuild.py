@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from segmentation.db import merge_joins
+from segmentation.db import connection, merge_joins
 from segmentation.features import ID_COLUMN
 from segmentation.reading import packed_features
 from segmentation.runs import ScoreResult
@@ -176,8 +176,8 @@ def moves_name(table: str) -> str:
 def stage_moves(conn: psycopg.Connection, table: str, published: str) -> int:
     """A partition task finds its build's movers itself, in parallel with the other
     partitions, into a table beside its build; the publish only copies them into
-    segment_history. Returns how many. Another publish in between sweeps both tables, so
-    the late publish is refused (check_staged) rather than recording stale moves."""
+    segment_history. Returns how many. No other run publishes in between (the run lock is
+    held by the run's flow until its publish), so the moves are still true then."""
     conn.execute(sql.SQL("CREATE TABLE {} (customer_id text, old_segment_id smallint,"
                          " new_segment_id smallint, old_model_version text)").format(
         sql.Identifier(moves_name(table))))
@@ -217,17 +217,31 @@ def published_partitions(conn: psycopg.Connection) -> dict[str, str]:
         " WHERE i.inhparent = 'segment_assignments'::regclass ORDER BY 1").fetchall())
 
 
-def swap_in(conn: psycopg.Connection, tables: list[str]) -> bool:
-    """Replace segment_assignments' partitions by `tables` (partition i of len(tables));
-    readers wait only for this. If they hold the table longer than SWAP_LOCK_TIMEOUT,
-    undo and return False."""
+def retired_name(run_id: str, part: int) -> str:
+    """What a detached old partition is called until it is dropped after the commit (a
+    build name no run keeps: swept as an orphan if the drop never comes)."""
+    return f"{BUILD_PREFIX}old_{run_id.replace('-', '')[:24]}_{part}"  # within 63 bytes
+
+
+def swap_in(conn: psycopg.Connection, tables: list[str], run_id: str) -> bool:
+    """Replace segment_assignments' partitions by `tables` (partition i of len(tables)).
+    Readers wait for the detach and the attach, whose scan checks each row's partition;
+    the builds are analyzed before, the old partitions dropped and the parent analyzed
+    after the commit (after_publish). If readers hold the table longer than
+    SWAP_LOCK_TIMEOUT, undo and return False."""
+    for table in tables:  # statistics before the lock: the planner's picture at the swap
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     conn.execute("SAVEPOINT swap_in")
     try:
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (SWAP_LOCK_TIMEOUT,))
-        for name in published_partitions(conn):
+        for part, name in enumerate(published_partitions(conn)):
             conn.execute(sql.SQL("ALTER TABLE segment_assignments DETACH PARTITION {}")
                          .format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            old = retired_name(run_id, part)
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(name), sql.Identifier(old)))
+            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(f"{name}_pkey"), sql.Identifier(f"{old}_pkey")))
         conn.execute("SET LOCAL lock_timeout TO DEFAULT")
     except psycopg.errors.LockNotAvailable:
         conn.execute("ROLLBACK TO SAVEPOINT swap_in")
@@ -281,10 +295,27 @@ def drop_tables(conn: psycopg.Connection, names: list[str]) -> None:
 
 
 def drop_orphans(conn: psycopg.Connection, keep_run: str | None = None) -> list[str]:
-    """Drop build tables left by runs that never published (all but keep_run's). Called
-    under the run lock, which partition tasks hold shared while they build."""
+    """Drop the build tables and staged rows left by runs that never published, and old
+    partitions a swap left (all but keep_run's). Called under the run lock: no other run
+    is writing any."""
     keep = build_name(keep_run) if keep_run else None
     orphans = [name for name in unattached_builds(conn)
                if keep is None or not name.startswith(keep)]
     drop_tables(conn, orphans)
+    conn.execute("DELETE FROM scoring_stage WHERE run_id IS DISTINCT FROM %s::uuid",
+                 (keep_run,))
     return orphans
+
+
+def after_publish(url: str, analyze: bool) -> None:
+    """After a publish has committed, outside its lock: drop the partitions a swap
+    detached, and refresh the parent's statistics (the planner's picture of the published
+    table). Best effort: the next run sweeps what is left."""
+    try:
+        with connection(url, autocommit=True) as conn:
+            drop_tables(conn, [name for name in unattached_builds(conn)
+                               if name.startswith(f"{BUILD_PREFIX}old_")])
+            if analyze:
+                conn.execute("ANALYZE segment_assignments")
+    except Exception:
+        pass

@@ -129,7 +129,9 @@ def scoring_summary(result: ScoreResult) -> str:
             f"{result.rows_in:,} in, {result.rows_scored:,} scored, "
             f"{result.rows_changed:,} changed, {result.rows_quarantined:,} quarantined in the "
             "batches it scored first, "
-            f"{result.seconds:.1f}s ({rate:,.0f} rows/s{how})")
+            f"{result.seconds:.1f}s ({rate:,.0f} rows/s{how})"
+            + (f"\n{result.batches_waiting:,} batch(es) landed but not validated yet: left for "
+               "the next run" if result.batches_waiting else ""))
 
 
 def scoring_markdown(result: ScoreResult) -> str:
@@ -139,12 +141,12 @@ def scoring_markdown(result: ScoreResult) -> str:
 
 
 def validation_rows(report: ValidationReport) -> list[dict[str, Any]]:
-    """Table artifact rows: one per rule, with its outcome."""
+    """Table artifact rows: one per rule, with its outcome (counts only: Prefect keeps
+    artifacts beyond erasure and retention, so examples stay in validation_examples)."""
     from segmentation.contract import describe
 
     return [{"tier": o.rule.tier, "rule": describe(o.rule), "passed": o.success,
-             "rows": o.unexpected, "examples": ", ".join(o.examples), "why": o.rule.why}
-            for o in report.outcomes]
+             "rows": o.unexpected, "why": o.rule.why} for o in report.outcomes]
 
 
 def validation_markdown(report: ValidationReport) -> str:
@@ -155,7 +157,7 @@ def validation_markdown(report: ValidationReport) -> str:
            f"{report.rows_quarantined:,} quarantined, {report.seconds:.1f}s", ""]
     out += [f"- **failure**: {f}" for f in report.failures]
     out += [f"- warning: {w}" for w in report.warnings]
-    out += ["", "| tier | rule | passed | rows | examples |", "|---|---|---|---|---|"]
-    out += [f"| {r['tier']} | {r['rule']} | {'yes' if r['passed'] else 'no'} | {r['rows']:,} "
-            f"| {r['examples']} |" for r in validation_rows(report)]
+    out += ["", "| tier | rule | passed | rows |", "|---|---|---|---|"]
+    out += [f"| {r['tier']} | {r['rule']} | {'yes' if r['passed'] else 'no'} | {r['rows']:,} |"
+            for r in validation_rows(report)]
     return "\n".join(out)

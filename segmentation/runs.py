@@ -7,6 +7,8 @@ fails. A run id is written once as succeeded: a retried publish finds it and doe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -14,11 +16,14 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Json
 
-from segmentation.db import connection, require_schema
+from segmentation.db import connect, connection, require_schema
 from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
 from segmentation.validation import pending_batches
 
-SCORE_LOCK = 7_421_002  # pg_advisory_xact_lock key: one scoring run at a time
+# The run lock: one scoring run at a time, from before it reads to after it publishes. A
+# single-process run holds it in its transaction; a partitioned run in its flow's session
+# (RunHold) while its tasks, on any host, read, stage and publish. Erasures wait for it.
+SCORE_LOCK = 7_421_002
 Mode = Literal["full", "incremental"]
 
 
@@ -42,64 +47,142 @@ class ScoreResult:
     # rows (a build swapped in): counted while streaming, so the segment mix needs no
     # GROUP BY of the whole table; empty when not known
     segment_counts: dict[int, int] = field(default_factory=dict)
+    batches_waiting: int = 0  # landed but not validated when the run started: left for later
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RunHold:
+    """The session that holds the run lock for a partitioned run (its flow's): its tasks,
+    on any host, check that it still does before they write or publish."""
+
+    run_id: str
+    pid: int
+    backend_start: datetime
+
+
 @dataclass
 class RunStart:
-    """When a partitioned run started (database clock), its incremental watermark, and
-    whether its partitions build the published table anew (segmentation.rebuild)."""
+    """A partitioned run once it holds the run lock: its id and mode, when it started
+    (database clock), its incremental watermark, whether its partitions build the published
+    table anew (segmentation.rebuild), the run published last when it started (its tasks'
+    scores are diffs against that), and who holds the lock for it."""
 
+    run_id: str
+    mode: Mode
     started_at: datetime
     since: datetime | None
-    rebuild: bool = False
+    rebuild: bool
+    last_run: str | None
+    hold: RunHold
+    batches_waiting: int = 0
 
 
-def refuse_blocked_batches(conn: psycopg.Connection) -> None:
-    """No scoring while a batch is unvalidated or failed: ops must see it first."""
-    blocked = pending_batches(conn)
-    if not blocked:
-        return
-    batch_id, status = blocked[0]
-    more = f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
-    if status == "loaded":
-        raise ValidationFailed(f"batch {batch_id}{more} has not been validated: run "
-                               f"`segmentation validate --batch {batch_id}`")
-    raise ValidationFailed(f"batch {batch_id}{more} failed validation; fix the source and "
-                           f"ingest it again, or `segmentation batches discard {batch_id}`")
+def refuse_failed_batches(conn: psycopg.Connection) -> int:
+    """No scoring while a batch failed validation (ops must see it first); returns how many
+    batches are landed but not validated yet, which the run leaves for the next one (it
+    scores what was accepted into customers when it reads)."""
+    pending = pending_batches(conn)
+    failed = [batch_id for batch_id, status in pending if status == "failed"]
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ValidationFailed(f"batch {failed[0]}{more} failed validation; fix the source and "
+                               f"ingest it again, or `segmentation batches discard {failed[0]}`")
+    return len(pending)
 
 
-def acquire_run_lock(conn: psycopg.Connection, wait: bool, wait_timeout_s: float = 0) -> None:
-    """Exclusive scoring: refuse at once, or wait for the transaction-scoped advisory lock
-    (at most wait_timeout_s when > 0: a stuck run must not hold the night forever)."""
+def take_lock(conn: psycopg.Connection, function: str, wait: bool,
+              wait_timeout_s: float = 0) -> None:
+    """The run lock through `function` (the transaction's or the session's): refuse at once,
+    or wait for it (at most wait_timeout_s when > 0: a stuck run must not hold the night
+    forever)."""
     if wait:
         conn.execute("SELECT set_config('lock_timeout', %s, true)",
                      (f"{int(wait_timeout_s * 1000)}ms",))
         try:
             with conn.transaction():  # a savepoint: the timeout must not abort the caller
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCORE_LOCK,))
+                conn.execute(f"SELECT {function}(%s)", (SCORE_LOCK,))
         except psycopg.errors.LockNotAvailable:
-            raise RunLocked(f"another scoring run{_running(conn)} still holds the run lock "
+            raise RunLocked(f"another scoring run{running_run(conn)} still holds the run lock "
                             f"after {wait_timeout_s:,.0f} s of waiting; giving up (see "
                             "`segmentation runs` or pg_stat_activity)") from None
         finally:
             conn.execute("SET LOCAL lock_timeout TO DEFAULT")
         return
-    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SCORE_LOCK,)).fetchone()
+    row = conn.execute(f"SELECT {function.replace('pg_', 'pg_try_', 1)}(%s)",
+                       (SCORE_LOCK,)).fetchone()
     if not row or not row[0]:
-        raise RunLocked(f"another scoring run is in progress{_running(conn)}; not starting a "
+        raise RunLocked(f"another scoring run is in progress{running_run(conn)}; not starting a "
                         "second one (use --wait to queue behind it)")
 
 
-def _running(conn: psycopg.Connection) -> str:
-    """' (run <id> since HH:MM:SS)' for the newest running run, if one is recorded."""
-    running = conn.execute(
-        "SELECT run_id, started_at FROM scoring_runs WHERE status = 'running'"
-        " ORDER BY started_at DESC LIMIT 1").fetchone()
-    return f" (run {running[0]} since {running[1]:%H:%M:%S})" if running else ""
+def acquire_run_lock(conn: psycopg.Connection, wait: bool, wait_timeout_s: float = 0) -> None:
+    """Exclusive scoring until this transaction ends (see take_lock)."""
+    take_lock(conn, "pg_advisory_xact_lock", wait, wait_timeout_s)
+
+
+def running_run(conn: psycopg.Connection) -> str:
+    """' (run <id>)' for a partitioned run holding the lock, named by its session."""
+    row = conn.execute(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1"
+        " AND l.granted AND a.application_name LIKE 'segmentation run %%' LIMIT 1",
+        (SCORE_LOCK,)).fetchone()
+    return f" ({row[0].removeprefix('segmentation ')})" if row else ""
+
+
+@contextmanager
+def hold_run_lock(url: str, run_id: str, wait: bool,
+                  wait_timeout_s: float = 0) -> Iterator[RunHold]:
+    """Hold the run lock in a session of its own for the block (a partitioned run, from
+    before its partitions read to after its publish): closing the session releases it, so
+    a flow that dies frees it too."""
+    conn = connect(url, autocommit=True)
+    try:
+        conn.execute("SELECT set_config('application_name', %s, false)",
+                     (f"segmentation run {run_id}",))
+        with conn.transaction():
+            take_lock(conn, "pg_advisory_lock", wait, wait_timeout_s)
+        row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity"
+                           " WHERE pid = pg_backend_pid()").fetchone()
+        assert row is not None
+        yield RunHold(run_id, int(row[0]), row[1])
+    finally:
+        conn.close()
+
+
+def require_hold(conn: psycopg.Connection, hold: RunHold) -> None:
+    """Refuse to write for a run whose flow no longer holds the run lock (it died, or lost
+    its connection): another run may have started since."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database()) AND l.classid = 0 AND l.objid = %s"
+        " AND l.objsubid = 1 AND l.mode = 'ExclusiveLock' AND l.granted"
+        " AND a.pid = %s AND a.backend_start = %s)",
+        (SCORE_LOCK, hold.pid, hold.backend_start)).fetchone()
+    if not row or not row[0]:
+        raise SegmentationError(f"run {hold.run_id} no longer holds the run lock (its flow "
+                                "ended or lost its connection): not writing; run it again")
+
+
+def last_published_run(conn: psycopg.Connection) -> str | None:
+    """The run that published last (the published rows are its, or older)."""
+    row = conn.execute("SELECT run_id::text FROM scoring_runs WHERE status = 'succeeded'"
+                       " ORDER BY finished_at DESC LIMIT 1").fetchone()
+    return str(row[0]) if row else None
+
+
+def refuse_stale(conn: psycopg.Connection, start: RunStart) -> None:
+    """A partitioned run's scores are diffs against what was published when it started:
+    if another run published since, publishing them would write older segments back."""
+    now = last_published_run(conn)
+    if now != start.last_run:
+        raise SegmentationError(f"run {start.run_id}: run {now} published after this run "
+                                "started; its scores are stale, not publishing them: run again")
 
 
 def server_now(conn: psycopg.Connection) -> datetime:
@@ -110,18 +193,18 @@ def server_now(conn: psycopg.Connection) -> datetime:
     return when
 
 
-def preflight(conn: psycopg.Connection) -> datetime:
-    """Refuse before any work if the schema is old or a batch is unvalidated/failed;
-    returns the run's start on the database clock."""
+def preflight(conn: psycopg.Connection) -> tuple[datetime, int]:
+    """Refuse before any work if the schema is old or a batch failed; returns the run's
+    start on the database clock and how many batches wait for validation."""
     started_at = server_now(conn)
     require_schema(conn)
-    refuse_blocked_batches(conn)
-    return started_at
+    return started_at, refuse_failed_batches(conn)
 
 
 def refuse_erased_since(conn: psycopg.Connection, snapshot_at: datetime) -> None:
-    """Never publish back a customer erased after the run read the customers (possible
-    only for a partitioned run, whose tasks release the run lock before the publish)."""
+    """Never publish back a customer erased after the run read the customers (erasures wait
+    for the run lock, which every run holds until it has published: this is the guard
+    behind that, should a run's lock be lost)."""
     row = conn.execute("SELECT count(*) FROM erasures WHERE erased_at >= %s",
                        (snapshot_at,)).fetchone()
     if row and row[0]:

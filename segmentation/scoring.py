@@ -7,14 +7,17 @@ owns the staging or build table, the run lock and the publish. Nothing is visibl
 readers of `customer_segments` until that transaction commits, so a crash or a killed
 connection at any point leaves the table exactly as it was. Partitioned runs stage each
 partition (in `scoring_stage` under the run's id, or as a build table of its own) and
-publish them together; the publish is idempotent by run id, so a retried publish task
-never publishes twice nor records an empty run.
+publish them together, while the flow's session holds the run lock (begin_partitioned);
+the publish is idempotent by run id, so a retried publish task never publishes twice nor
+records an empty run.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,17 +36,19 @@ from segmentation.reading import (
     stream_scores,
 )
 from segmentation.runs import (
-    SCORE_LOCK,
     Mode,
     RunStart,
     ScoreResult,
     acquire_run_lock,
+    hold_run_lock,
     incremental_since,
+    last_published_run,
     preflight,
     record_failure,
     record_run,
     refuse_erased_since,
-    server_now,
+    refuse_stale,
+    require_hold,
     succeeded_run,
 )
 
@@ -82,8 +87,10 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
     started_at = datetime.now(UTC)
     try:
         with connection(url) as writer, connection(url) as reader:
-            started_at = preflight(writer)
+            # the lock first: a run's start (its history's time, the next watermark) is
+            # then after every run it waited for, so history stays in publish order
             acquire_run_lock(writer, wait, wait_timeout_s)
+            started_at, result.batches_waiting = preflight(writer)
             rebuild.drop_orphans(writer)
             if rebuild.wants_rebuild(writer, model.version):
                 table = rebuild.build_name(result.run_id)
@@ -92,20 +99,30 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
                 note_stream(result, rows, predict_s, started)
                 finish_build(writer, result, [table], comparison, started, started_at,
                              snapshot_at)
-                return result
-            since = incremental_since(writer, model.version) if mode == "incremental" else None
-            writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
-                           " ON COMMIT DROP")
-            rows, predict_s, snapshot_at = stream_scores(
-                reader, writer, "COPY scored_stage FROM STDIN (FORMAT csv)",
-                select_customers(mode, model.version, since=since), model, chunk_rows,
-                progress)
-            note_stream(result, rows, predict_s, started)
-            finish_run(writer, result, started, started_at, snapshot_at)
+            else:
+                score_changes(reader, writer, result, model, mode, chunk_rows, progress,
+                              started, started_at)
     except BaseException as exc:
         record_failure(url, result, started_at, exc)
         raise
+    rebuild.after_publish(url, analyze=bool(result.rows_changed))
     return result
+
+
+def score_changes(reader: psycopg.Connection, writer: psycopg.Connection, result: ScoreResult,
+                  model: Classifier, mode: Mode, chunk_rows: int, progress: Progress | None,
+                  started: float, started_at: datetime) -> None:
+    """An ordinary night: stream the customers to score into scored_stage, then publish
+    what changed (segmentation.publishing), in the writer's (locked) transaction."""
+    since = incremental_since(writer, model.version) if mode == "incremental" else None
+    writer.execute("CREATE TEMP TABLE scored_stage (customer_id text, segment_id smallint)"
+                   " ON COMMIT DROP")
+    rows, predict_s, snapshot_at = stream_scores(
+        reader, writer, "COPY scored_stage FROM STDIN (FORMAT csv)",
+        select_customers(mode, model.version, since=since), model, chunk_rows,
+        progress)
+    note_stream(result, rows, predict_s, started)
+    finish_run(writer, result, started, started_at, snapshot_at)
 
 
 def note_stream(result: ScoreResult, rows: int, predict_s: float, started: float) -> None:
@@ -162,11 +179,10 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
     result.timings["history_s"] = round(time.perf_counter() - t0, 3)
     for table in tables:
         rebuild.finish_build(writer, table)
-    swapped = rebuild.swap_in(writer, tables)
+    swapped = rebuild.swap_in(writer, tables, result.run_id)
     if not swapped:
         for table in tables:
             rebuild.upsert_build(writer, table, result, started_at)
-    writer.execute("ANALYZE segment_assignments")
     result.published_by = "swap" if swapped else "upsert"
     if swapped:  # the published table is the build: its rows are the ones streamed
         result.segment_counts = dict(sorted(comparison.segments.items()))
@@ -185,66 +201,70 @@ def finish_run(writer: psycopg.Connection, result: ScoreResult, started: float,
     t0 = time.perf_counter()
     writer.execute("ANALYZE scored_stage")
     result.rows_changed = publish(writer, result, started_at)
-    if result.rows_changed:  # keep the planner's picture of the published table current
-        writer.execute("ANALYZE segment_assignments")
     result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.seconds = round(time.perf_counter() - started, 3)
     record_run(writer, result, "succeeded", started_at)
 
 
-def check_ready(url: str, model_version: str, mode: Mode) -> RunStart:
-    """A partitioned run's preflight: its start, its incremental watermark, and whether its
-    partitions build the table anew."""
-    with connection(url) as conn:
-        started_at = preflight(conn)
+@contextmanager
+def begin_partitioned(url: str, model_version: str, mode: Mode, *, wait: bool = False,
+                      wait_timeout_s: float = 1800, run_id: str | None = None
+                      ) -> Iterator[RunStart]:
+    """A partitioned run's start: hold the run lock (in a session of this process: the
+    flow's) for the block, then refuse before any work if the schema is old or a batch
+    failed. Every task of the run checks the lock is still held before it writes."""
+    run_id = run_id or str(uuid.uuid4())
+    with hold_run_lock(url, run_id, wait, wait_timeout_s) as hold, connection(url) as conn:
+        started_at, waiting = preflight(conn)
         since = incremental_since(conn, model_version) if mode == "incremental" else None
-        return RunStart(started_at, since, rebuild.wants_rebuild(conn, model_version))
+        start = RunStart(run_id, mode, started_at, since,
+                         rebuild.wants_rebuild(conn, model_version), last_published_run(conn),
+                         hold, waiting)
+        rebuild.drop_orphans(conn, keep_run=run_id)  # dead runs' builds and staged rows
+        conn.commit()
+        yield start
 
 
-def stage_partition(url: str, model: Classifier, mode: Mode, run_id: str, part: int,
-                    parts: int, chunk_rows: int = 100_000, since: datetime | None = None,
-                    progress: Progress | None = None, build: bool | None = None,
-                    started_at: datetime | None = None) -> PartitionResult:
+def stage_partition(url: str, model: Classifier, start: RunStart, part: int, parts: int,
+                    chunk_rows: int = 100_000, progress: Progress | None = None
+                    ) -> PartitionResult:
     """Score one hash partition: into a build table of its own when the run rewrites every
-    row (build; None: decide here), else into scoring_stage under run_id. A retry replaces
-    the partition's rows either way. started_at: the run's start, which its published rows
-    carry as scored_at (default: now)."""
+    row (start.rebuild), else into scoring_stage under the run's id. A retry replaces the
+    partition's rows either way. Its published rows carry the run's start as scored_at."""
     started = time.perf_counter()
     with connection(url) as writer, connection(url) as reader:
-        # the run lock, shared: no single-process run or erasure while this partition reads
-        writer.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SCORE_LOCK,))
-        if build is None:
-            build = rebuild.wants_rebuild(writer, model.version)
-        if build:
-            return build_partition(reader, writer, model, run_id, part, parts, chunk_rows,
-                                   progress, started, started_at)
+        require_hold(writer, start.hold)
+        if start.rebuild:
+            return build_partition(reader, writer, model, start, part, parts, chunk_rows,
+                                   progress, started)
         writer.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = %s",
-                       (run_id, part))
+                       (start.run_id, part))
         writer.execute("CREATE TEMP TABLE part_stage (customer_id text, segment_id smallint)"
                        " ON COMMIT DROP")
         rows, predict_s, snapshot_at = stream_scores(
             reader, writer, "COPY part_stage FROM STDIN (FORMAT csv)",
-            select_customers(mode, model.version, (part, parts), since), model, chunk_rows,
-            progress)
+            select_customers(start.mode, model.version, (part, parts), start.since), model,
+            chunk_rows, progress)
         writer.execute("INSERT INTO scoring_stage (run_id, part, customer_id, segment_id)"
-                       " SELECT %s, %s, customer_id, segment_id FROM part_stage", (run_id, part))
+                       " SELECT %s, %s, customer_id, segment_id FROM part_stage",
+                       (start.run_id, part))
+        require_hold(writer, start.hold)  # still the run's: commit what it staged
     return PartitionResult(part, parts, rows, round(predict_s, 3),
                            round(time.perf_counter() - started, 3), snapshot_at)
 
 
 def build_partition(reader: psycopg.Connection, writer: psycopg.Connection, model: Classifier,
-                    run_id: str, part: int, parts: int, chunk_rows: int,
-                    progress: Progress | None, started: float,
-                    started_at: datetime | None) -> PartitionResult:
+                    start: RunStart, part: int, parts: int, chunk_rows: int,
+                    progress: Progress | None, started: float) -> PartitionResult:
     """One partition's build table, loaded and indexed here (in parallel with the other
-    partitions) and committed unattached. The run lock is held shared meanwhile: a
-    single-process run cannot publish, nor sweep this table away, until it is done."""
-    table = rebuild.build_name(run_id, part)
+    partitions) and committed unattached, while the run's flow holds the run lock."""
+    table = rebuild.build_name(start.run_id, part)
     rebuild.drop_tables(writer, [table, rebuild.moves_name(table)])  # a retry starts over
-    result = ScoreResult(run_id, model.version, "full")
+    result = ScoreResult(start.run_id, model.version, "full")
     rows, predict_s, snapshot_at, comparison = build_table(
-        reader, writer, table, result, started_at or server_now(writer), model, chunk_rows,
-        progress, (part, parts))
+        reader, writer, table, result, start.started_at, model, chunk_rows, progress,
+        (part, parts))
+    require_hold(writer, start.hold)
     return PartitionResult(part, parts, rows, round(predict_s, 3),
                            round(time.perf_counter() - started, 3), snapshot_at, table,
                            comparison)
@@ -287,26 +307,26 @@ def built_rows(conn: psycopg.Connection, table: str | None) -> int:
     return int(row[0]) if row else 0
 
 
-def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
-                   staged: list[PartitionResult], *, wait: bool = False,
-                   wait_timeout_s: float = 1800,
-                   started_at: datetime | None = None) -> ScoreResult:
-    """Publish every staged partition of run_id in one transaction, then drop the scratch.
+def publish_staged(url: str, model: Classifier, start: RunStart,
+                   staged: list[PartitionResult]) -> ScoreResult:
+    """Publish every staged partition of the run in one transaction, then drop the scratch.
 
-    Idempotent by run id: a run already recorded as succeeded is returned as recorded. A
-    transient failure keeps the staged rows for the retry; any other drops them."""
-    result = ScoreResult(run_id, model.version, mode)
-    started_at = started_at or datetime.now(UTC)
+    Only while the run's flow holds the run lock, and only if no other run published since
+    the run started (its scores are diffs against what was published then). Idempotent by
+    run id: a run already recorded as succeeded is returned as recorded. A transient failure
+    keeps the staged rows for the retry; any other drops them."""
+    run_id, started_at = start.run_id, start.started_at
+    result = ScoreResult(run_id, model.version, start.mode, batches_waiting=start.batches_waiting)
     # the run's clock starts when its partitions did, not when the publish does
     started = time.perf_counter() - (datetime.now(UTC) - started_at).total_seconds()
     try:
         with connection(url) as writer:
             require_schema(writer)
-            acquire_run_lock(writer, wait, wait_timeout_s)
             done = succeeded_run(writer, run_id)
             if done is not None:  # an earlier attempt committed: publish nothing twice
                 return done
-            rebuild.drop_orphans(writer, keep_run=run_id)
+            require_hold(writer, start.hold)
+            refuse_stale(writer, start)
             check_staged(writer, run_id, staged)
             result.rows_in = result.rows_scored = sum(p.rows for p in staged)
             result.timings["partitions"] = len(staged)
@@ -321,21 +341,24 @@ def publish_staged(url: str, model: Classifier, mode: Mode, run_id: str,
                     comparison.add(p.comparison)
                 finish_build(writer, result, tables, comparison, started, started_at,
                              snapshot_at, partitioned=True)
-                return result
-            writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT customer_id,"
-                           " segment_id FROM scoring_stage WHERE run_id = %s", (run_id,))
-            finish_run(writer, result, started, started_at, snapshot_at)
-            writer.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
+            else:
+                writer.execute("CREATE TEMP TABLE scored_stage ON COMMIT DROP AS SELECT"
+                               " customer_id, segment_id FROM scoring_stage WHERE run_id = %s",
+                               (run_id,))
+                finish_run(writer, result, started, started_at, snapshot_at)
+                writer.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))
     except BaseException as exc:
         record_failure(url, result, started_at, exc)
         if not is_transient(exc):
             discard_staged(url, run_id)
         raise
+    rebuild.after_publish(url, analyze=bool(result.rows_changed))
     return result
 
 
 def discard_staged(url: str, run_id: str) -> None:
-    """Best effort: drop an unpublished run's scratch rows and build tables."""
+    """Best effort: drop an unpublished run's scratch rows and build tables (called once
+    every partition task of the run has ended)."""
     try:
         with connection(url) as conn:
             conn.execute("DELETE FROM scoring_stage WHERE run_id = %s", (run_id,))

@@ -29,7 +29,7 @@ from segmentation.contract import DERIVED, Rule, contract_rules, describe, forma
 from segmentation.db import connect, connection, is_transient_text, require_schema
 from segmentation.errors import BatchBusy, DatabaseUnavailable, SegmentationError
 from segmentation.features import FEATURES
-from segmentation.ingest import accept_batch
+from segmentation.ingest import accept_batch, drop_erased, lock_accepts
 from segmentation.progress import Update
 
 EXAMPLES = 3
@@ -51,14 +51,16 @@ class RuleOutcome:
     examples: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     error: str | None = None  # GX could not evaluate the rule (e.g. a dropped connection)
+    example_rows: list[tuple[str, str]] = field(default_factory=list)  # (id, value shown)
 
-    def line(self) -> str:
-        """One human line: what the broken rows are like (or the rule), rows, examples."""
+    def line(self, examples: bool = False) -> str:
+        """One human line: what the broken rows are like (or the rule) and how many; with
+        examples (ids and values: for the terminal only), a few of them."""
         if self.unexpected:
             text = f"[{self.rule.tier}] {violation(self.rule)}: {self.unexpected:,} row(s)"
         else:
             text = f"[{self.rule.tier}] {describe(self.rule)}"
-        if self.examples:
+        if examples and self.examples:
             text += f", e.g. {', '.join(self.examples)}"
         return text
 
@@ -79,22 +81,26 @@ class ValidationReport:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)
+    rows_erased: int = 0  # rows of erased customers, skipped (at landing or here)
 
     def major_drift(self) -> dict[str, float]:
         """Features whose PSI is in the 'major shift' band."""
         return {f: v for f, v in self.drift.items() if v >= MAJOR_DRIFT}
 
-    def summary(self) -> str:
-        """What ops read: verdict, counts, then each failure and warning."""
+    def summary(self, examples: bool = True) -> str:
+        """What ops read: verdict, counts, then each failure and warning; examples (ids and
+        values) only where asked: the terminal, never Prefect or the database."""
+        shown = {o.line(): o.line(examples) for o in self.outcomes}
         verdict = "passed" if self.success else "FAILED"
+        erased = f", {self.rows_erased:,} erased" if self.rows_erased else ""
         lines = [f"batch {self.batch_id}: validation {verdict}; {self.rows_in:,} rows in, "
-                 f"{self.rows_accepted:,} accepted, {self.rows_quarantined:,} quarantined "
-                 f"({self.seconds:.1f}s)"]
-        lines += [f"  failure: {f}" for f in self.failures]
+                 f"{self.rows_accepted:,} accepted, {self.rows_quarantined:,} quarantined"
+                 f"{erased} ({self.seconds:.1f}s)"]
+        lines += [f"  failure: {shown.get(f, f)}" for f in self.failures]
         label = "quarantined by" if self.success else "row rule broken:"
-        lines += [f"  {label} {o.line()}" for o in self.outcomes
+        lines += [f"  {label} {o.line(examples)}" for o in self.outcomes
                   if o.rule.tier == "row" and not o.success]
-        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  warning: {shown.get(w, w)}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -208,8 +214,9 @@ def _interpret(rules: list[Rule], raw: list[dict[str, Any]]) -> list[RuleOutcome
         outcome.unexpected = int(result.get("unexpected_count") or 0)
         index = result.get("unexpected_index_list") or []
         outcome.ids = [str(row["customer_id"]) for row in index]
-        outcome.examples = [f"{row['customer_id']!r} ({format_value(row.get(rule.column))})"
-                            for row in index[:EXAMPLES]]
+        outcome.example_rows = [(str(row["customer_id"]), format_value(row.get(rule.column)))
+                                for row in index[:EXAMPLES]]
+        outcome.examples = [f"{cid!r} ({value})" for cid, value in outcome.example_rows]
         if item.get("error"):
             outcome.success = False
             outcome.error = str(item["error"]).strip().splitlines()[0][:300]
@@ -317,14 +324,13 @@ def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutc
                 broken.setdefault(cid, []).append(describe(outcome.rule))
     if not broken:
         return 0
-    conn.execute(
+    return conn.execute(  # the rows still landed: an erased customer's are gone
         "INSERT INTO customers_quarantine (customer_id, batch_id, raw, rules)"
         " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at',"
         "  ARRAY(SELECT jsonb_array_elements_text(r.value))"
         " FROM jsonb_each(%s::jsonb) r JOIN customers_incoming i"
         "  ON i.customer_id = r.key AND i.batch_id = %s",
-        (Json(broken), batch_id))
-    return len(broken)
+        (Json(broken), batch_id)).rowcount
 
 
 @contextmanager
@@ -431,6 +437,16 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         warnings += drift_warnings(drift)
         if reference and rows_in < MIN_DRIFT_ROWS:
             warnings.append(f"drift not measured: {rows_in} rows < {MIN_DRIFT_ROWS}")
+        # From here to the commit no accept, erasure or scoring snapshot runs: a customer
+        # erased meanwhile is neither quarantined nor accepted (nor quoted as an example).
+        lock_accepts(conn)
+        erased = drop_erased(conn, "customers_incoming", batch_id)
+        if erased:
+            conn.execute("UPDATE ingest_batches SET rows_erased = rows_erased + %s"
+                         " WHERE batch_id = %s", (erased, batch_id))
+        erased_row = conn.execute("SELECT rows_erased FROM ingest_batches WHERE batch_id = %s",
+                                  (batch_id,)).fetchone()
+        erased = int(erased_row[0]) if erased_row else 0
         quarantined = 0
         if worst <= allowed and not failures:  # every id list is complete
             quarantined = _quarantine(conn, batch_id, outcomes)
@@ -443,7 +459,7 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         accept_started = time.perf_counter()
         if success:
             accept_batch(conn, batch_id)
-            accepted = rows_in - quarantined
+            accepted = rows_in - quarantined - erased
         else:  # nothing of a failed batch reaches customers or the quarantine
             conn.execute("DELETE FROM customers_quarantine WHERE batch_id = %s", (batch_id,))
             quarantined = 0
@@ -457,20 +473,36 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
                                   {"gx_s": round(gx_seconds, 3),
                                    "drift_s": round(drift_seconds, 3),
                                    "accept_s": round(time.perf_counter() - accept_started, 3)},
-                                  drift)
+                                  drift, erased)
         conn.execute(
             "INSERT INTO validation_runs (run_id, batch_id, started_at, finished_at, success,"
-            " rows_in, rows_accepted, rows_quarantined, counts, failures, warnings, gx_summary)"
-            " VALUES (%s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s)",
+            " rows_in, rows_accepted, rows_quarantined, counts, failures, warnings, gx_summary,"
+            " rows_erased) VALUES (%s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s)",
             (run_id, batch_id, started_at, success, rows_in, accepted, quarantined,
              Json({o.rule.key: o.unexpected for o in outcomes}), Json(failures),
              Json(warnings),
              Json({"expectations": len(outcomes), "timings": report.timings,
                    "successful": sum(o.success for o in outcomes),
                    "results": [{"rule": o.rule.key, "tier": o.rule.tier, "success": o.success,
-                                "unexpected": o.unexpected, "examples": o.examples}
-                               for o in outcomes]})))
+                                "unexpected": o.unexpected} for o in outcomes]}), erased))
+        record_examples(conn, run_id, outcomes)
     return report
+
+
+def record_examples(conn: psycopg.Connection, run_id: str, outcomes: list[RuleOutcome]) -> None:
+    """Each rule's examples as rows of validation_examples (owner-only; erasure and retention
+    reach them), skipping any customer erased meanwhile."""
+    rows = [(o.rule.key, cid, value) for o in outcomes for cid, value in o.example_rows]
+    if not rows:
+        return
+    conn.execute(
+        "INSERT INTO validation_examples (run_id, rule, customer_id, value)"
+        " SELECT %s, e.rule, e.customer_id, e.value"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) e(rule, customer_id, value)"
+        " WHERE NOT EXISTS (SELECT FROM erased_customers x"
+        "  WHERE x.id_hash = erased_id_hash(e.customer_id))",
+        (run_id, *map(list, zip(*rows, strict=True))))
 
 
 def pending_batches(conn: psycopg.Connection) -> list[tuple[str, str]]:

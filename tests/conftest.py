@@ -32,7 +32,8 @@ LOCAL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATA_TABLES = ("segment_history", "segment_assignments", "scoring_runs", "segment_profiles",
                "validation_runs", "customers_quarantine", "customers_incoming",
                "segment_name_overrides", "champion_log", "drift_alerts", "erasures",
-               "export_log", "model_versions",
+               "export_log", "validation_examples", "customer_origins", "erased_customers",
+               "erasure_readmissions", "model_versions",
                "customers", "ingest_batches", "scoring_stage")
 
 

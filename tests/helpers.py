@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -30,6 +32,63 @@ def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
     """Fetch all rows of a statement (test helper)."""
     with psycopg.connect(conninfo(url)) as conn:
         return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+
+def tables_holding(url: str, text: str) -> dict[str, int]:
+    """Every table of the schema (build tables and scratch included) whose rows, read as
+    text, contain `text` anywhere, with how many rows: where an erased id could hide."""
+    from psycopg import sql
+
+    found = {}
+    with psycopg.connect(conninfo(url)) as conn:
+        tables = [t for (t,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
+            " AND NOT c.relispartition ORDER BY 1")]
+        for table in tables:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {} t WHERE strpos(t::text, %s) > 0")
+                               .format(sql.Identifier(table)), (text,)).fetchone()
+            if row and row[0]:
+                found[table] = int(row[0])
+    return found
+
+
+def assert_published_as_scored(url: str, model) -> None:  # type: ignore[no-untyped-def]
+    """Every accepted customer is published once, in the segment the model gives their
+    current data (segment_for in SQL), and no published row lacks a customer."""
+    from segmentation.features import FEATURES
+    from segmentation.sqlexport import install_segment_for
+
+    with psycopg.connect(conninfo(url)) as conn:
+        install_segment_for(conn, model)
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE a.customer_id IS NULL),"
+            " count(*) FILTER (WHERE c.customer_id IS NULL),"
+            f" count(*) FILTER (WHERE a.segment_id <> segment_for({', '.join(FEATURES)})),"
+            " count(*) FROM customers c FULL JOIN segment_assignments a USING (customer_id)"
+        ).fetchone()
+    assert row is not None and row[3] > 0, "nothing published"
+    assert row[:3] == (0, 0, 0), f"unpublished, orphaned, wrong segment: {row[:3]}"
+
+
+def assert_history_is_a_chain(url: str) -> None:
+    """History is a chain of real moves: each move starts where the previous one ended (the
+    first where the customer started), none stays put, the last ends where they are."""
+    row = query(url, """
+        WITH h AS (
+            SELECT customer_id, old_segment_id, new_segment_id,
+                   lag(new_segment_id) OVER w AS before,
+                   row_number() OVER (PARTITION BY customer_id
+                                      ORDER BY changed_at DESC, run_id DESC) AS from_last
+            FROM segment_history WINDOW w AS (PARTITION BY customer_id ORDER BY changed_at, run_id))
+        SELECT count(*) FILTER (WHERE h.before IS NOT NULL AND h.before <> h.old_segment_id),
+               count(*) FILTER (WHERE h.before IS NULL AND h.old_segment_id <> f.segment_id),
+               count(*) FILTER (WHERE h.old_segment_id = h.new_segment_id),
+               count(*) FILTER (WHERE h.from_last = 1 AND h.new_segment_id IS DISTINCT FROM
+                                a.segment_id)
+        FROM h LEFT JOIN segment_assignments a USING (customer_id)
+        LEFT JOIN customer_first_segments f USING (customer_id)""")[0]
+    assert row == (0, 0, 0, 0), f"broken links, wrong first, self moves, wrong last: {row}"
 
 
 def snapshot_segments(url: str) -> list[tuple]:
@@ -60,6 +119,27 @@ def register_champion(url: str, trained, models_dir: Path, version: str):  # typ
         registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
         registry.promote(conn, version)
     return model
+
+
+@contextmanager
+def partitioned(url: str, model, mode: str = "full", run_id: str | None = None,  # type: ignore[no-untyped-def]
+                build: bool | None = None) -> Iterator:
+    """A partitioned run's start, its run lock held here as its flow would hold it; build
+    forces the way its partitions stage (None: as the run decides)."""
+    import dataclasses
+
+    from segmentation import scoring
+
+    with scoring.begin_partitioned(url, model.version, mode, run_id=run_id) as start:  # type: ignore[arg-type]
+        yield start if build is None else dataclasses.replace(start, rebuild=build)
+
+
+def stage_all(url: str, model, start, parts: int, chunk_rows: int = 100_000) -> list:  # type: ignore[no-untyped-def]
+    """Stage every hash partition of a run, as the Dask tasks do (here in turn)."""
+    from segmentation import scoring
+
+    return [scoring.stage_partition(url, model, start, part, parts, chunk_rows)
+            for part in range(parts)]
 
 
 def free_port() -> int:

@@ -276,7 +276,15 @@ def test_forget_from_the_cli(db: str, synthetic_csv: Path, tmp_path: Path) -> No
     result = run_cli("customers", "forget", "C00000002", "--file", str(ids),
                      env=cli_env(db, tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "3 customer id(s) forgotten" in result.stdout and "customers 3" in result.stdout
+    assert "3 of 3 customer id(s) found and forgotten" in result.stdout
+    assert "customers 3" in result.stdout
+    unknown = run_cli("customers", "forget", "NOPE123", env=cli_env(db, tmp_path))
+    assert unknown.returncode == 0, unknown.stderr
+    assert "0 of 1 customer id(s) found" in unknown.stdout
+    assert "not held anywhere: 'NOPE123'" in unknown.stdout
+    back = run_cli("customers", "readmit", "C00000002", "NOPE999", env=cli_env(db, tmp_path))
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.startswith("1 of 2 id(s) were on the erased list"), back.stdout
     assert query(db, "SELECT count(*) FROM customers WHERE customer_id IN"
                      " ('C00000002', 'C00000003', 'C00000004')") == [(0,)]
     one_line_error(run_cli("customers", "forget", env=cli_env(db, tmp_path)),

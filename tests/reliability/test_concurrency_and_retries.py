@@ -12,7 +12,15 @@ from segmentation import registry, runs, scoring
 from segmentation.db import connection
 from segmentation.errors import RunLocked
 from segmentation.training import register_and_gate, train_model
-from tests.helpers import drop_connection_after_publish, load_batch, query, register_champion
+from tests.helpers import (
+    assert_published_as_scored,
+    drop_connection_after_publish,
+    load_batch,
+    partitioned,
+    query,
+    register_champion,
+    stage_all,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -23,14 +31,13 @@ def test_flow_retried_after_a_dropped_connection_publishes_once(
     from flows.nightly_scoring import score_flow
 
     load_batch(db, synthetic_csv)
-    register_champion(db, trained, models_dir, "m-retry-1")
+    model = register_champion(db, trained, models_dir, "m-retry-1")
     monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
     calls = drop_connection_after_publish(db, monkeypatch)  # after the work, before commit
     summary = score_flow(mode="full")
     assert len(calls) == 2, "the task was retried once by Prefect"
     assert "5,000 in, 5,000 scored" in summary
-    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
-        == [(5_000, 5_000)]
+    assert_published_as_scored(db, model)
     assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]  # new, not moved
     assert query(db, "SELECT status, rows_new FROM scoring_runs ORDER BY started_at") == \
         [("failed", 0), ("succeeded", 5_000)]
@@ -38,34 +45,49 @@ def test_flow_retried_after_a_dropped_connection_publishes_once(
 
 def test_two_scorings_and_a_retrain_at_once(db: str, trained, models_dir: Path,
                                             synthetic_csv: Path, synthetic_frame) -> None:
+    """A second run started while the first streams is refused in one line; a third that
+    waits runs after the first has published; a retrain promoted meanwhile leaves one
+    champion; every customer is published once, as the champion scores them."""
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-race-1")
-    outcomes: list[object] = []
+    outcomes: dict[str, object] = {}
 
-    def score() -> None:
+    def attempt(name: str, wait: bool) -> None:
         try:
-            outcomes.append(scoring.score_customers(db, model, mode="full"))
+            outcomes[name] = scoring.score_customers(db, model, mode="full", wait=wait)
         except RunLocked as exc:
-            outcomes.append(exc)
+            outcomes[name] = exc
 
     def retrain() -> None:
         result = train_model(synthetic_frame, registry.new_version(), k=4, k_range=range(0),
                              champion=model)
         saved = registry.save_version(result.model, result.metrics, result.sizes, models_dir)
-        outcomes.append(register_and_gate(db, saved, result, force=True))
+        outcomes["retrain"] = register_and_gate(db, saved, result, force=True)
 
-    threads = [threading.Thread(target=f) for f in (score, score, retrain)]
-    for t in threads:
-        t.start()
-    for t in threads:
+    others = [threading.Thread(target=attempt, args=("refused", False)),
+              threading.Thread(target=attempt, args=("waited", True)),
+              threading.Thread(target=retrain)]
+
+    def start_others(rows: int, _seconds: float) -> None:
+        if rows and not others[0].is_alive() and "refused" not in outcomes:
+            for t in others:
+                t.start()
+            others[0].join(60)  # refused at once, while this run holds the lock
+
+    first = scoring.score_customers(db, model, mode="full", chunk_rows=500,
+                                    progress=start_others)
+    for t in others:
         t.join(120)
-    scored = [o for o in outcomes if isinstance(o, scoring.ScoreResult)]
-    refused = [o for o in outcomes if isinstance(o, RunLocked)]
-    assert len(scored) + len(refused) == 2 and scored, outcomes
-    assert "champion" in outcomes
+    refused, waited = outcomes["refused"], outcomes["waited"]
+    assert isinstance(refused, RunLocked) and "\n" not in str(refused)
+    assert "another scoring run is in progress" in str(refused)
+    assert isinstance(waited, scoring.ScoreResult) and waited.rows_scored == 5_000
+    finished = dict(query(db, "SELECT run_id::text, finished_at FROM scoring_runs"
+                              " WHERE status = 'succeeded'"))
+    assert finished[waited.run_id] > finished[first.run_id]
+    assert outcomes["retrain"] == "champion"
     assert query(db, "SELECT count(*) FROM model_versions WHERE status = 'champion'") == [(1,)]
-    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
-        == [(5_000, 5_000)]
+    assert_published_as_scored(db, model)
 
 
 def test_password_never_reaches_logs_or_artifacts(db: str, models_dir: Path,
@@ -168,12 +190,6 @@ def scored_champion(db: str, trained, models_dir: Path):  # type: ignore[no-unty
     return register_champion(db, trained, models_dir, "m-day2-1")
 
 
-def stage(db: str, model, run: str, parts: int,  # type: ignore[no-untyped-def]
-          build: bool | None = None) -> list:
-    return [scoring.stage_partition(db, model, "full", run, p, parts, build=build)
-            for p in range(parts)]
-
-
 def staged_rows(db: str) -> int:
     """Rows waiting for a publish: in scoring_stage and in unattached build tables."""
     from segmentation.rebuild import unattached_builds
@@ -193,23 +209,24 @@ def test_retried_partitioned_publish_publishes_once(db: str, scored_champion,
     tables stay for the retry, which publishes; a retry after the commit returns the
     recorded run."""
     load_batch(db, synthetic_csv)
-    run = "00000000-0000-4000-8000-0000000000d1"
-    staged = stage(db, scored_champion, run, 2, build)
-    drop_connection_after_publish(db, monkeypatch)  # the first publish only
-    with pytest.raises(psycopg.OperationalError):
-        scoring.publish_staged(db, scored_champion, "full", run, staged)
-    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
-    assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
-    assert staged_rows(db) == 5_000  # kept for the retry
-    first = scoring.publish_staged(db, scored_champion, "full", run, staged)
-    again = scoring.publish_staged(db, scored_champion, "full", run, staged)  # a late retry
+    with partitioned(db, scored_champion, build=build) as start:
+        run = start.run_id
+        staged = stage_all(db, scored_champion, start, 2)
+        drop_connection_after_publish(db, monkeypatch)  # the first publish only
+        with pytest.raises(psycopg.OperationalError):
+            scoring.publish_staged(db, scored_champion, start, staged)
+        assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+        assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
+        assert staged_rows(db) == 5_000  # kept for the retry
+        first = scoring.publish_staged(db, scored_champion, start, staged)
+    # a late retry, after the flow let go of the run lock: the recorded run, nothing written
+    again = scoring.publish_staged(db, scored_champion, start, staged)
     assert (first.rows_scored, first.rows_changed, first.rows_new) == (5_000, 5_000, 5_000)
     assert (again.run_id, again.rows_scored, again.rows_changed) == (run, 5_000, 5_000)
     assert query(db, "SELECT status, rows_scored FROM scoring_runs") == [("succeeded", 5_000)]
     assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
     assert staged_rows(db) == 0
-    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
-        == [(5_000, 5_000)]
+    assert_published_as_scored(db, scored_champion)
 
 
 @pytest.mark.parametrize("build", [True, False], ids=["build", "stage"])
@@ -220,15 +237,16 @@ def test_staged_rows_must_add_up_to_the_partitions(db: str, scored_champion,
     from segmentation.errors import SegmentationError
 
     load_batch(db, synthetic_csv)
-    run = "00000000-0000-4000-8000-0000000000d2"
-    staged = stage(db, scored_champion, run, 2, build)
-    with connection(db) as conn:
-        if build:
-            conn.execute(f'DELETE FROM "{staged[1].table}"')
-        else:
-            conn.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = 1", (run,))
-    with pytest.raises(SegmentationError, match=r"partition 1: 0 of [\d,]+"):
-        scoring.publish_staged(db, scored_champion, "full", run, staged)
+    with partitioned(db, scored_champion, build=build) as start:
+        staged = stage_all(db, scored_champion, start, 2)
+        with connection(db) as conn:
+            if build:
+                conn.execute(f'DELETE FROM "{staged[1].table}"')
+            else:
+                conn.execute("DELETE FROM scoring_stage WHERE run_id = %s AND part = 1",
+                             (start.run_id,))
+        with pytest.raises(SegmentationError, match=r"partition 1: 0 of [\d,]+"):
+            scoring.publish_staged(db, scored_champion, start, staged)
     assert query(db, "SELECT status FROM scoring_runs") == [("failed",)]
     assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
     with connection(db) as conn:
@@ -252,8 +270,7 @@ def test_partitioned_publish_retried_by_prefect(db: str, scored_champion, synthe
     assert len(calls) == 2 and calls[0] == calls[1] == result.run_id
     assert (result.rows_scored, result.rows_changed) == (5_000, 5_000)
     assert query(db, "SELECT status FROM scoring_runs") == [("succeeded",)]
-    assert query(db, "SELECT count(*), count(DISTINCT customer_id) FROM customer_segments") \
-        == [(5_000, 5_000)]
+    assert_published_as_scored(db, scored_champion)
     assert result.published_by == "swap" and staged_rows(db) == 0  # the build path
 
 

@@ -10,7 +10,14 @@ from segmentation.db import connection
 from segmentation.errors import SegmentationError
 from segmentation.ingest import ingest_csv
 from segmentation.validation import validate_batch
-from tests.helpers import load_batch, query, register_champion
+from tests.helpers import (
+    load_batch,
+    partitioned,
+    query,
+    register_champion,
+    stage_all,
+    tables_holding,
+)
 
 pytestmark = pytest.mark.reliability  # erasure is part of the fault and abuse suite
 
@@ -25,12 +32,18 @@ def everywhere(db: str, trained, models_dir: Path, synthetic_csv: Path, tmp_path
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-gdpr-1")
     scoring.score_customers(db, model, mode="full")
-    # every customer moves (segment ids reversed): everyone gets a history row
+    # every customer moves (segment ids reversed), and back: two history rows each, the
+    # first past a one-day retention (their first segment kept in customer_origins)
     scoring.score_customers(db, dataclasses.replace(
         model, label_to_segment=model.label_to_segment[::-1]), mode="full")
-    # and staged by a partitioned run that has not published yet
-    scoring.stage_partition(db, model, "full", "00000000-0000-4000-8000-0000000000e0", 0, 1,
-                            build=False)
+    with connection(db) as conn:
+        conn.execute("UPDATE segment_history SET changed_at = changed_at - interval '2 days'")
+    scoring.score_customers(db, model, mode="full")
+    with connection(db) as conn:
+        privacy.apply_retention(conn, 0, 1)
+    # and staged by a partitioned run that died before its publish
+    with partitioned(db, model, build=False) as start:
+        scoring.stage_partition(db, model, start, 0, 1)
     lines = synthetic_csv.read_text().splitlines()
     header = lines[0].split(",")
     target = next(line for line in lines[1:] if line.startswith('"C00000007",'))
@@ -45,22 +58,21 @@ def everywhere(db: str, trained, models_dir: Path, synthetic_csv: Path, tmp_path
 
 
 def holders(db: str, customer_id: str) -> dict[str, int]:
-    counts = {t: query(db, f"SELECT count(*) FROM {t} WHERE customer_id = %s",
-                       (customer_id,))[0][0] for t in TABLES}
-    counts["validation_runs"] = query(
-        db, "SELECT count(*) FROM validation_runs WHERE strpos(failures::text ||"
-            " warnings::text || gx_summary::text, %s) > 0", (repr(customer_id),))[0][0]
-    return counts
+    return {t: query(db, f"SELECT count(*) FROM {t} WHERE customer_id = %s",
+                     (customer_id,))[0][0] for t in TABLES}
 
 
 def test_forget_removes_a_customer_from_every_table_and_keeps_a_trace(db: str,
                                                                       everywhere: str) -> None:
     before = holders(db, everywhere)
     assert all(before.values()), before  # held everywhere before
+    # examples name it in validation_examples only, never in the validation's own lines
+    assert "validation_runs" not in tables_holding(db, everywhere)
     others = query(db, "SELECT count(*) FROM customers WHERE customer_id <> %s", (everywhere,))
     with connection(db) as conn:
         erasure = privacy.forget_customers(conn, [everywhere, "NEVER-SEEN"], "test")
     assert set(holders(db, everywhere).values()) == {0}
+    assert tables_holding(db, everywhere) == {}  # any table, any column, read as text
     assert query(db, "SELECT count(*) FROM customers WHERE customer_id <> %s",
                  (everywhere,)) == others
     assert erasure.rows_removed["customers"] == 1 and erasure.customers == 2
@@ -134,16 +146,32 @@ def test_an_erasure_during_a_scoring_run_is_not_undone_by_its_publish(
     assert query(db, "SELECT count(*) FROM customer_segments") == [(4_999,)]
 
 
-def test_an_erasure_before_a_partitioned_publish_makes_it_refuse(
+def test_an_erasure_during_a_partitioned_run_waits_for_its_publish(
         db: str, trained, models_dir: Path, synthetic_csv: Path) -> None:
-    """Partition tasks have built their tables (holding the customer); an erasure drops
-    them, and the publish refuses instead of publishing the customer back."""
+    """Partition tasks have built their tables (holding the customer): an erasure waits for
+    the run (its flow holds the run lock until the publish), then removes the customer
+    from what the run published; it is never published back."""
+    import threading
+    import time
+
     load_batch(db, synthetic_csv)
     model = register_champion(db, trained, models_dir, "m-gdpr-3")
-    run = "00000000-0000-4000-8000-0000000000e1"
-    staged = [scoring.stage_partition(db, model, "full", run, p, 2) for p in range(2)]
-    with connection(db) as conn:
-        privacy.forget_customers(conn, ["C00000007"], "test")
-    with pytest.raises(SegmentationError, match="staged rows do not match|were erased"):
-        scoring.publish_staged(db, model, "full", run, staged)
-    assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
+    erasures: list[privacy.Erasure] = []
+
+    def forget() -> None:
+        with connection(db) as conn:
+            erasures.append(privacy.forget_customers(conn, ["C00000007"], "test"))
+
+    eraser = threading.Thread(target=forget)
+    with partitioned(db, model) as start:
+        staged = stage_all(db, model, start, 2)
+        eraser.start()
+        time.sleep(1.0)
+        assert erasures == [], "the erasure waits for the partitioned run"
+        result = scoring.publish_staged(db, model, start, staged)
+        assert result.rows_new == 5_000
+    eraser.join(60)
+    assert erasures and erasures[0].rows_removed["segment_assignments"] == 1
+    assert query(db, "SELECT count(*) FROM customer_segments WHERE customer_id ="
+                     " 'C00000007'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM customer_segments") == [(4_999,)]

@@ -13,9 +13,11 @@ from segmentation.errors import RunLocked, SegmentationError
 from tests.helpers import (
     drop_connection_after_publish,
     load_batch,
+    partitioned,
     query,
     register_champion,
     snapshot_segments,
+    stage_all,
 )
 
 
@@ -250,10 +252,10 @@ def test_reader_holding_the_table_turns_the_swap_into_an_upsert(db: str, champio
     assert build_tables(db) == []  # the unused build undone
 
 
-def stage_all(db: str, model, run_id: str, parts: int, mode="full"):  # type: ignore[no-untyped-def]
-    """Stage every hash partition of a run, as the Dask tasks do (here in turn)."""
-    return [scoring.stage_partition(db, model, mode, run_id, part, parts, chunk_rows=600)
-            for part in range(parts)]
+def publish_partitioned(db: str, model, parts: int, run_id: str | None = None):  # type: ignore[no-untyped-def]
+    """A whole partitioned run, its partitions staged in turn (600-row chunks)."""
+    with partitioned(db, model, run_id=run_id) as start:
+        return scoring.publish_staged(db, model, start, stage_all(db, model, start, parts, 600))
 
 
 def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
@@ -262,10 +264,10 @@ def test_partitions_cover_every_customer_once_and_publish_like_one_run(db: str,
     expected = [row[:4] for row in snapshot_segments(db)]
     with connection(db) as conn:
         conn.execute("TRUNCATE segment_assignments, segment_history")
-    staged = stage_all(db, champion, "00000000-0000-4000-8000-000000000001", 4)
-    assert sum(p.rows for p in staged) == 5_000 and all(p.rows > 0 for p in staged)
-    result = scoring.publish_staged(db, champion, "full",
-                                    "00000000-0000-4000-8000-000000000001", staged)
+    with partitioned(db, champion) as start:
+        staged = stage_all(db, champion, start, 4, 600)
+        assert sum(p.rows for p in staged) == 5_000 and all(p.rows > 0 for p in staged)
+        result = scoring.publish_staged(db, champion, start, staged)
     assert (result.rows_in, result.rows_changed) == (single.rows_in, single.rows_changed)
     assert result.segment_counts == single.segment_counts and sum(
         result.segment_counts.values()) == 5_000
@@ -278,8 +280,7 @@ def test_a_partitioned_retrain_reads_only_its_own_published_partition(db: str,
     """When the published table is already n hash partitions, a partition task of an
     n-partition rebuild reads (and its history joins) only its own; the published rows,
     the movers and the new customers come out as from the whole table."""
-    first = scoring.publish_staged(db, champion, "full", RUN_A, stage_all(db, champion,
-                                                                          RUN_A, 2))
+    first = publish_partitioned(db, champion, 2)
     with connection(db) as conn:
         assert [rebuild.published_source(conn, (part, 2)) for part in (0, 1)] == \
             ["segment_assignments_p0", "segment_assignments_p1"]
@@ -291,16 +292,17 @@ def test_a_partitioned_retrain_reads_only_its_own_published_partition(db: str,
     zero, one = list(mapping).index(0), list(mapping).index(1)
     mapping[zero], mapping[one] = 1, 0
     other = register_copy(db, champion, "m-score-5", mapping)
-    staged = stage_all(db, other, RUN_B, 2)
-    staged[1] = scoring.stage_partition(db, other, "full", RUN_B, 1, 2, chunk_rows=600)
-    movers = {c for c, s in before.items() if s in (0, 1)}
-    # each task found its own movers (a retried one replaced them); nothing is history yet
-    found = [query(db, f"SELECT customer_id FROM {rebuild.moves_name(p.table or '')}")
-             for p in staged]
-    assert sorted(c for rows in found for (c,) in rows) == sorted(movers)
-    assert all(rows for rows in found)
-    assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
-    night = scoring.publish_staged(db, other, "full", RUN_B, staged)
+    with partitioned(db, other) as start:
+        staged = stage_all(db, other, start, 2, 600)
+        staged[1] = scoring.stage_partition(db, other, start, 1, 2, 600)
+        movers = {c for c, s in before.items() if s in (0, 1)}
+        # each task found its own movers (a retried one replaced them); nothing is history
+        found = [query(db, f"SELECT customer_id FROM {rebuild.moves_name(p.table or '')}")
+                 for p in staged]
+        assert sorted(c for rows in found for (c,) in rows) == sorted(movers)
+        assert all(rows for rows in found)
+        assert query(db, "SELECT count(*) FROM segment_history") == [(0,)]
+        night = scoring.publish_staged(db, other, start, staged)
     assert build_tables(db) == []  # the moves tables went with the publish
     assert (night.published_by, night.rows_new, night.rows_moved) == ("swap", 0, len(movers))
     assert sorted(c for (c,) in query(db, "SELECT customer_id FROM segment_history")) == \
@@ -314,47 +316,44 @@ def test_a_partitioned_retrain_reads_only_its_own_published_partition(db: str,
         assert rebuild.published_source(conn, (0, 2)) == "segment_assignments"
 
 
-RUN_A = "00000000-0000-4000-8000-00000000000a"
-RUN_B = "00000000-0000-4000-8000-00000000000b"
-
-
 def test_builds_of_a_partitioned_run_that_never_published_are_swept(db: str,
                                                                    champion) -> None:
-    """Partition tasks commit their build tables unattached; if the publish never comes,
-    the next run drops them, and the late publish is refused, not half-applied."""
-    run = "00000000-0000-4000-8000-000000000004"
-    staged = stage_all(db, champion, run, 2)
+    """Partition tasks commit their build tables unattached; if the publish never comes
+    (the flow died: its run lock is gone), the next run drops them, and the late publish
+    is refused, not half-applied."""
+    with partitioned(db, champion) as start:
+        staged = stage_all(db, champion, start, 2)
     assert all(p.table for p in staged) and len(build_tables(db)) == 2
     assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]  # invisible
     result = scoring.score_customers(db, champion, mode="full")
     assert build_tables(db) == [] and result.rows_new == 5_000
     before = snapshot_segments(db)
-    with pytest.raises(SegmentationError, match="staged rows do not match"):
-        scoring.publish_staged(db, champion, "full", run, staged)
+    with pytest.raises(SegmentationError, match="no longer holds the run lock"):
+        scoring.publish_staged(db, champion, start, staged)
     assert snapshot_segments(db) == before
 
 
 @pytest.mark.parametrize("build", [True, False], ids=["build", "stage"])
 def test_retried_partition_replaces_its_rows(db: str, champion, build: bool) -> None:
-    run = "00000000-0000-4000-8000-000000000002"
-    first = scoring.stage_partition(db, champion, "full", run, 1, 3, build=build)
-    again = scoring.stage_partition(db, champion, "full", run, 1, 3, build=build)
+    with partitioned(db, champion, build=build) as start:
+        first = scoring.stage_partition(db, champion, start, 1, 3)
+        again = scoring.stage_partition(db, champion, start, 1, 3)
     assert first.rows == again.rows and (first.table is not None) == build
     if build:
         assert query(db, f"SELECT count(*) FROM {again.table}") == [(first.rows,)]
     else:
         assert query(db, "SELECT count(*) FROM scoring_stage WHERE run_id = %s",
-                     (run,)) == [(first.rows,)]
+                     (start.run_id,)) == [(first.rows,)]
 
 
 def test_incomplete_partitioned_run_is_not_published(db: str, champion) -> None:
     scoring.score_customers(db, champion, mode="full")
     before = snapshot_segments(db)
     other = dataclasses.replace(champion, label_to_segment=champion.label_to_segment[::-1])
-    run = "00000000-0000-4000-8000-000000000003"
-    staged = stage_all(db, other, run, 3)[:2]  # the last partition lost
-    with pytest.raises(SegmentationError, match=r"partitions \[0, 1\] of \[3\]"):
-        scoring.publish_staged(db, other, "full", run, staged)
+    with partitioned(db, other) as start:
+        staged = stage_all(db, other, start, 3)[:2]  # the last partition lost
+        with pytest.raises(SegmentationError, match=r"partitions \[0, 1\] of \[3\]"):
+            scoring.publish_staged(db, other, start, staged)
     assert snapshot_segments(db) == before
     assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
 
