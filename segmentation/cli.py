@@ -624,17 +624,26 @@ def _print_segments(url: str) -> None:
 def run_app(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
     address: Annotated[str, typer.Option(
-        help="Address to listen on; 0.0.0.0 exposes the app to the network (configure "
-             "the [auth] login first).")] = "127.0.0.1",
+        help="Address to listen on; beyond the loopback (0.0.0.0) only with the [auth] "
+             "login configured, or --no-login.")] = "127.0.0.1",
+    no_login: Annotated[bool, typer.Option(
+        "--no-login", help="Serve beyond the loopback without the [auth] login (something "
+                           "else guards the address).")] = False,
 ) -> None:
-    """Start the Streamlit app on this database, reading as segmentation_app."""
+    """Start the Streamlit app on this database, logged in as segmentation_app."""
+    from segmentation.db import ensure_app_login
+
+    if not is_loopback(address) and not no_login and not auth_configured():
+        raise SegmentationError(
+            f"--address {address} serves the app beyond this machine, and no [auth] login is "
+            "configured in .streamlit/secrets.toml: configure it (with "
+            "SEGMENTATION_APP_ALLOWED_USERS), or pass --no-login if something else guards it")
     settings = _settings()
     script = Path(__file__).resolve().parent.parent / "streamlit_app" / "app.py"
     env = dict(os.environ)
-    if settings.app_database_url is not None:  # the app's own login: no owner URL in reach
-        env.pop("SEGMENTATION_DATABASE_URL", None)
-    else:  # the owner's URL; the app switches every session to segmentation_app
-        env["SEGMENTATION_DATABASE_URL"] = _url(settings)
+    if settings.app_database_url is None:  # the owner's server: the app gets a login of its own
+        env["SEGMENTATION_APP_DATABASE_URL"] = ensure_app_login(_url(settings), settings.home)
+    env.pop("SEGMENTATION_DATABASE_URL", None)  # no owner URL in the app's reach
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", address, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
@@ -643,6 +652,33 @@ def run_app(
     # the server replaces this process: its pid is the one ops see and stop, and no child
     # outlives a killed parent
     os.execve(sys.executable, cmd, env)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether an address to listen on is reachable from this machine only."""
+    import ipaddress
+
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_configured() -> bool:
+    """Whether Streamlit will find an [auth] section (its secrets files: the project's, then
+    the user's)."""
+    import tomllib
+
+    for path in (Path.cwd() / ".streamlit" / "secrets.toml",
+                 Path.home() / ".streamlit" / "secrets.toml"):
+        try:
+            if "auth" in tomllib.loads(path.read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 QUIET_DEFAULTS = {

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         default=None,
         description="The app's URL, logging in as segmentation_app. Unset: the owner URL, each"
         " session switched to segmentation_app.")
+    app_allowed_users: str = Field(
+        default="", description="Who may use the app once signed in with its [auth] login:"
+        " e-mail addresses and @domains, comma-separated (empty: nobody; the provider's"
+        " sign-in alone admits no one).")
     app_allow_export: bool = Field(
         default=False, description="Let app users download the customers of a segment (CSV);"
         " each export is recorded in export_log.")
@@ -74,6 +78,17 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         """Where model versions live: SEGMENTATION_MODELS_DIR or <home>/models."""
         return self.models_dir if self.models_dir is not None else self.home / "models"
+
+
+def user_allowed(email: str | None, allowed: str) -> bool:
+    """Whether a signed-in e-mail is on the app's list (an address, or its @domain); case
+    does not matter, and an empty list admits nobody."""
+    if not email or "@" not in email:
+        return False
+    email = email.strip().lower()
+    domain = email[email.rindex("@"):]
+    rules = {rule.strip().lower() for rule in allowed.split(",") if rule.strip()}
+    return email in rules or domain in rules
 
 
 def load_settings() -> Settings:

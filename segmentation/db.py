@@ -54,6 +54,28 @@ def app_database(settings: Settings) -> tuple[str, str | None]:
     return resolve_url(settings), APP_ROLE
 
 
+def ensure_app_login(owner_url: str, home: Path) -> str:
+    """A URL on the owner's server that logs in as segmentation_app itself (a SET ROLE can
+    be undone by any statement's RESET ROLE; a login cannot): its password is generated once
+    into the home (mode 0600) and set on the role, whose verifier alone reaches the server."""
+    import secrets
+
+
+    path = home / "app.password"
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        password = ""
+    if not password:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        path.touch(mode=0o600)
+        path.write_text(password, encoding="utf-8")
+    set_role_password(owner_url, APP_ROLE, password)
+    return str(make_url(owner_url).set(username=APP_ROLE, password=password)
+               .render_as_string(hide_password=False))
+
+
 def set_role(conn: psycopg.Connection, role: str | None) -> None:
     """Switch a fresh session to `role` (and commit, so a rollback cannot undo it)."""
     if role:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run` from a checkout
 
 from segmentation.clustering import SegmentationModel
-from segmentation.config import load_settings, mask_secrets, mask_url
+from segmentation.config import load_settings, mask_secrets, mask_url, user_allowed
 from segmentation.contract import CASH_ADVANCE_FREQUENCY_MAX
 from segmentation.db import app_database, connection, set_role
 from segmentation.errors import ModelError, SegmentationError
@@ -455,8 +455,9 @@ def models_page(url: str) -> None:
 
 
 def signed_in() -> bool:
-    """With an [auth] section in .streamlit/secrets.toml (OIDC), only a signed-in user sees
-    anything; without one the app relies on where it listens (127.0.0.1 by default)."""
+    """With an [auth] section in .streamlit/secrets.toml (OIDC), only a signed-in user on
+    SEGMENTATION_APP_ALLOWED_USERS sees anything; without one the app relies on where it
+    listens (127.0.0.1 unless `segmentation app --no-login`)."""
     try:
         configured = "auth" in st.secrets
     except Exception:  # no secrets file at all
@@ -468,6 +469,13 @@ def signed_in() -> bool:
         st.button("Log in", on_click=st.login)
         return False
     st.sidebar.button("Log out", on_click=st.logout)
+    email = st.user.get("email")
+    if not user_allowed(str(email) if email else None, load_settings().app_allowed_users):
+        # the provider proves who signed in, not that they may see customers
+        st.error("This account may not use the app; ops can add it to "
+                 "SEGMENTATION_APP_ALLOWED_USERS.")
+        st.text(f"signed in as {email or 'an account without an e-mail address'}")
+        return False
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,6 +141,67 @@ def stage_all(url: str, model, start, parts: int, chunk_rows: int = 100_000) -> 
 
     return [scoring.stage_partition(url, model, start, part, parts, chunk_rows)
             for part in range(parts)]
+
+
+class Overlaps:
+    """Operations in flight and what they ended with."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.refused: list[str] = []
+        self.erased: set[str] = set()
+
+    def start(self, name: str, work, *, may_refuse: bool = False) -> None:  # type: ignore[no-untyped-def]
+        from segmentation.errors import RunLocked
+
+        def run() -> None:
+            try:
+                work()
+            except RunLocked as exc:
+                if not may_refuse:
+                    self.errors.append(f"{name}: refused although it waits: {exc}")
+                self.refused.append(str(exc))
+            except Exception as exc:
+                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        self.threads.append(thread)
+
+    def settle(self) -> None:
+        for thread in self.threads:
+            thread.join(300)
+            assert not thread.is_alive(), f"{thread.name} did not finish"
+        self.threads.clear()
+
+
+def partitioned_night(url: str, model, parts: int = 2, chunk_rows: int = 150,  # type: ignore[no-untyped-def]
+                      wait_s: float = 600) -> None:
+    """A partitioned full rescore as the flow runs it: the lock held here, the partitions
+    on threads of their own, one publish."""
+    from segmentation import scoring
+
+    with scoring.begin_partitioned(url, model.version, "full", wait=True,
+                                   wait_timeout_s=wait_s) as start:
+        staged: list[scoring.PartitionResult | None] = [None] * parts
+        failures: list[BaseException] = []
+
+        def one(part: int) -> None:
+            try:
+                staged[part] = scoring.stage_partition(url, model, start, part, parts,
+                                                       chunk_rows)
+            except BaseException as exc:
+                failures.append(exc)
+
+        tasks = [threading.Thread(target=one, args=(p,)) for p in range(parts)]
+        for t in tasks:
+            t.start()
+        for t in tasks:
+            t.join()
+        if failures:
+            raise failures[0]
+        scoring.publish_staged(url, model, start, [s for s in staged if s is not None])
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ few hundred thousand customers (benchmarks/bench_overlap.py).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 
 from segmentation import privacy, registry, scoring
 from segmentation.db import connection
-from segmentation.errors import RunLocked
 from segmentation.generate import generate_csv
 from segmentation.ingest import ingest_csv
 from segmentation.validation import validate_batch
 from tests.conftest import truncate_all
 from tests.helpers import (
+    Overlaps,
     assert_history_is_a_chain,
     assert_published_as_scored,
+    partitioned_night,
     query,
     tables_holding,
 )
@@ -37,61 +37,6 @@ from tests.helpers import (
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 BASE = 300  # customers in the first batch; the variants add ids up to 400
-
-
-class Overlaps:
-    """Operations in flight and what they ended with."""
-
-    def __init__(self) -> None:
-        self.threads: list[threading.Thread] = []
-        self.errors: list[str] = []
-        self.refused: list[str] = []
-        self.erased: set[str] = set()
-
-    def start(self, name: str, work, *, may_refuse: bool = False) -> None:  # type: ignore[no-untyped-def]
-        def run() -> None:
-            try:
-                work()
-            except RunLocked as exc:
-                if not may_refuse:
-                    self.errors.append(f"{name}: refused although it waits: {exc}")
-                self.refused.append(str(exc))
-            except Exception as exc:
-                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-
-        thread = threading.Thread(target=run, name=name)
-        thread.start()
-        self.threads.append(thread)
-
-    def settle(self) -> None:
-        for thread in self.threads:
-            thread.join(300)
-            assert not thread.is_alive(), f"{thread.name} did not finish"
-        self.threads.clear()
-
-
-def partitioned_night(url: str, model, parts: int = 2) -> None:  # type: ignore[no-untyped-def]
-    """A partitioned full rescore as the flow runs it: the lock held here, the partitions
-    on threads of their own, one publish."""
-    with scoring.begin_partitioned(url, model.version, "full", wait=True,
-                                   wait_timeout_s=120) as start:
-        staged: list[scoring.PartitionResult | None] = [None] * parts
-        failures: list[BaseException] = []
-
-        def one(part: int) -> None:
-            try:
-                staged[part] = scoring.stage_partition(url, model, start, part, parts, 150)
-            except BaseException as exc:
-                failures.append(exc)
-
-        tasks = [threading.Thread(target=one, args=(p,)) for p in range(parts)]
-        for t in tasks:
-            t.start()
-        for t in tasks:
-            t.join()
-        if failures:
-            raise failures[0]
-        scoring.publish_staged(url, model, start, [s for s in staged if s is not None])
 
 
 def test_any_interleaving_keeps_the_published_table_true(database_url: str, trained,

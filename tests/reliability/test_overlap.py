@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -359,16 +360,63 @@ def test_a_role_password_is_sent_as_a_verifier(db: str, monkeypatch) -> None:
         sent.append(query if isinstance(query, str) else query.as_string(self))
         return real(self, query, params, **kwargs)
 
-    monkeypatch.setattr(psycopg.Connection, "execute", keep)
-    set_role_password(db, "marketing_ro", "Tr0ub4dor&3-horse")
-    monkeypatch.undo()
-    assert any("ALTER ROLE" in s for s in sent)
-    assert all("Tr0ub4dor" not in s for s in sent)
-    assert any("SCRAM-SHA-256$" in s for s in sent)
-    assert query(db, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'marketing_ro'") \
-        == [(True,)]
     with connection(db) as conn:
-        conn.execute("ALTER ROLE marketing_ro NOLOGIN PASSWORD NULL")
+        conn.execute("DROP ROLE IF EXISTS seg_test_login")
+        conn.execute("CREATE ROLE seg_test_login NOLOGIN")
+    try:
+        monkeypatch.setattr(psycopg.Connection, "execute", keep)
+        set_role_password(db, "seg_test_login", "Tr0ub4dor&3-horse")
+        monkeypatch.undo()
+        assert any("ALTER ROLE" in s for s in sent)
+        assert all("Tr0ub4dor" not in s for s in sent)
+        assert any("SCRAM-SHA-256$" in s for s in sent)
+        assert query(db, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'seg_test_login'"
+                     ) == [(True,)]
+    finally:
+        with connection(db) as conn:
+            conn.execute("DROP ROLE seg_test_login")
+
+
+# 9. Who may open the app ---------------------------------------------------------------
+
+def test_only_listed_accounts_may_use_the_app() -> None:
+    from segmentation.config import user_allowed
+
+    listed = "ops@bank.example, @marketing.bank.example"
+    assert user_allowed("ops@bank.example", listed)
+    assert user_allowed("Ana@Marketing.Bank.Example", listed)
+    assert not user_allowed("someone@gmail.com", listed)  # signed in, not on the list
+    assert not user_allowed("eve@evil-marketing.bank.example", listed)
+    assert not user_allowed("ops@bank.example", "")  # an empty list admits nobody
+    assert not user_allowed(None, listed)
+
+
+def test_the_app_is_not_served_beyond_the_loopback_without_a_login(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    env = {**os.environ, "HOME": str(tmp_path), "SEGMENTATION_HOME": str(tmp_path / "home"),
+           "SEGMENTATION_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+    refused = run_cli("app", "--address", "0.0.0.0", "--port", "8599", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith("error: --address 0.0.0.0 serves the app beyond")
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_app_logs_in_as_its_own_role_on_the_owners_server(db: str, tmp_path: Path) -> None:
+    """Given only the owner's URL, the app gets a login of its own (RESET ROLE cannot undo
+    a login, as it undid SET ROLE), its password kept in the home, mode 0600."""
+    import psycopg
+
+    from segmentation.db import conninfo, ensure_app_login
+
+    url = ensure_app_login(db, tmp_path)
+    assert (tmp_path / "app.password").stat().st_mode & 0o777 == 0o600
+    assert ensure_app_login(db, tmp_path) == url  # the same password next time
+    with psycopg.connect(conninfo(url)) as conn:
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT current_user").fetchone() == ("segmentation_app",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM customers_quarantine")
 
 
 # 2. The kept Prefect server's stop signals only its own process --------------------------
@@ -444,3 +492,88 @@ def test_prefect_keeps_no_customer_id(db: str, champion, tmp_path: Path, synthet
     leaks = {where: cid for where, values in stored.items() for cid in named
              if cid in str(values)}
     assert leaks == {}, f"customer ids stored by Prefect: {leaks}"
+
+
+# 7. A failed partitioned run is discarded once every partition has ended ----------------------
+
+@pytest.mark.slow
+def test_a_failed_partition_is_discarded_after_its_siblings_end(
+        db: str, champion, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition 0 fails at once while partition 1 is still building: the flow discards
+    the run's scratch only after partition 1 has ended, so nothing of it is left behind."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.nightly_scoring import partitioned_scoring
+    from segmentation.rebuild import unattached_builds
+
+    real = scoring.stage_partition
+
+    def stage(url, model, start, part, parts, chunk_rows=100_000, progress=None):  # type: ignore[no-untyped-def]
+        if part == 0:
+            raise SegmentationError("partition 0 lost its worker")
+        time.sleep(2.0)
+        return real(url, model, start, part, parts, chunk_rows, progress)
+
+    monkeypatch.setattr(scoring, "stage_partition", stage)
+    monkeypatch.setenv("SEGMENTATION_DATABASE_URL", db)
+    with pytest.raises(SegmentationError, match="partition 0 lost its worker"):
+        partitioned_scoring.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
+            champion.version, "full", 2, 10_000, False, 5.0)
+    with connection(db) as conn:
+        assert unattached_builds(conn) == []
+    assert query(db, "SELECT count(*) FROM scoring_stage") == [(0,)]
+
+
+# 6. Readers wait only for the detach and the attach ------------------------------------------
+
+@pytest.mark.parametrize("night", ["rebuild", "staged"])
+def test_the_swap_lock_covers_no_analyze_and_no_drop(db: str, champion, monkeypatch,
+                                                     night: str) -> None:
+    """From the DETACH (which locks readers out) to the commit, the publishing session runs
+    only the detach, renames and attach: the builds are analyzed before, the old partition
+    dropped and the parent analyzed after the commit."""
+    import psycopg
+
+    scoring.score_customers(db, champion, mode="full")
+    if night == "rebuild":  # a new champion: every row rewritten into a build table
+        model = register_copy_of(db, champion, "m-overlap-2")
+    else:  # the same champion, every customer moved: a staged diff that swaps
+        with connection(db) as conn:
+            conn.execute("UPDATE customers SET balance = balance * 50 + 10000,"
+                         " cash_advance = cash_advance * 40 + 5000, loaded_at = now()")
+        model = champion
+    sent: list[tuple[int, str]] = []
+    real = psycopg.Connection.execute
+
+    def keep(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append((id(self), query if isinstance(query, str) else query.as_string(self)))
+        return real(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", keep)
+    result = scoring.score_customers(db, model, mode="full")
+    monkeypatch.undo()
+    assert result.published_by == "swap"
+    detach = next(i for i, (_, text) in enumerate(sent) if "DETACH PARTITION" in text)
+    writer = sent[detach][0]
+    window = [text for conn, text in sent[detach:] if conn == writer]
+    assert any("ATTACH PARTITION" in text for text in window)
+    assert not [t for t in window if t.lstrip().upper().startswith(("ANALYZE", "DROP"))], window
+    after = [text for conn, text in sent[detach:] if conn != writer]
+    assert any(t.startswith("ANALYZE segment_assignments") for t in after)
+    assert any(t.startswith("DROP TABLE") for t in after)
+
+
+def register_copy_of(db: str, model, version: str):  # type: ignore[no-untyped-def]
+    """The same model under another version, registered and promoted."""
+    from segmentation import registry
+
+    other = dataclasses.replace(model, version=version)
+    with connection(db) as conn:
+        row = conn.execute("SELECT metrics FROM model_versions WHERE version = %s",
+                           (model.version,)).fetchone()
+    assert row is not None
+    saved = registry.save_version(other, row[0], {}, Path(os.environ["SEGMENTATION_MODELS_DIR"]))
+    with connection(db) as conn:
+        registry.register_version(conn, saved, other, row[0], {}, None)
+        registry.promote(conn, version)
+    return other
