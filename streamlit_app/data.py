@@ -25,15 +25,15 @@ def app_engine(url: str, role: str | None = None) -> Engine:
     return engine
 
 
-def champion_segments(engine: Engine) -> pd.DataFrame:
-    """Segments of the champion with their current customer counts."""
+def published_segments(engine: Engine) -> pd.DataFrame:
+    """The segments as published: one row per segment, named by the model that published
+    them (version), with whether a newer champion has yet to rescore them (pending, and
+    the champion's version)."""
     query = text(
-        "SELECT n.segment_id, n.segment_name AS name, n.profile,"
-        " coalesce(c.customers, 0) AS customers, n.model_version AS version"
-        " FROM segment_names n JOIN model_versions m ON m.version = n.model_version"
-        " AND m.status = 'champion'"
-        " LEFT JOIN (SELECT segment_id, count(*) AS customers FROM segment_assignments"
-        "  GROUP BY segment_id) c ON c.segment_id = n.segment_id ORDER BY n.segment_id")
+        "SELECT s.segment_id, s.segment_name AS name, s.profile, s.customers,"
+        " s.model_version AS version, s.rescore_pending AS pending,"
+        " (SELECT version FROM model_versions WHERE status = 'champion') AS champion"
+        " FROM segment_summary s ORDER BY s.segment_id")
     df = pd.read_sql(query, engine)
     total = df["customers"].sum()
     df["share"] = df["customers"] / total if total else 0.0
@@ -78,10 +78,14 @@ def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:
 
 
 def centroids_z(engine: Engine) -> pd.DataFrame:
-    """Champion centroids as z-scores, one row per segment."""
+    """The published model's centroids as z-scores, one row per segment (the champion's
+    until a first run has published)."""
     df = pd.read_sql(text(
-        "SELECT p.segment_id, p.centroid_z FROM segment_profiles p JOIN model_versions m"
-        " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"), engine)
+        "SELECT p.segment_id, p.centroid_z FROM segment_profiles p"
+        " WHERE p.version = coalesce((SELECT model_version FROM scoring_runs"
+        "  WHERE status = 'succeeded' ORDER BY finished_at DESC LIMIT 1),"
+        " (SELECT version FROM model_versions WHERE status = 'champion'))"
+        " ORDER BY p.segment_id"), engine)
     if df.empty:
         return df
     return pd.DataFrame(list(df["centroid_z"]), index=df["segment_id"])[list(FEATURES)]

@@ -204,6 +204,13 @@ def partitioned_night(url: str, model, parts: int = 2, chunk_rows: int = 150,  #
         scoring.publish_staged(url, model, start, [s for s in staged if s is not None])
 
 
+def open_page(at, page: str):  # type: ignore[no-untyped-def]
+    """Show one page of the app (AppTest): the entry point runs only that page's script."""
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     import socket

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from segmentation import scoring
-from segmentation.explain import label
+from segmentation.explain import SHARES
+from streamlit_app.common import field_label
 from tests.helpers import (
     CHROMIUM_ARGS,
     ROOT,
@@ -96,7 +97,7 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
     with browser_page("lookup-predict") as page:
         page.goto(app_url)
         expect(page.get_by_text("Customer segments").first).to_be_visible(timeout=60_000)
-        page.get_by_role("tab", name="Lookup").click()
+        page.get_by_role("link", name="Lookup", exact=True).click()
         box = page.get_by_label("Customer id")
         box.fill(customer)
         box.press("Enter")
@@ -104,10 +105,10 @@ def test_lookup_and_predict_in_chromium(app_url: str, trained, synthetic_frame) 
             .to_be_visible(timeout=30_000)
         expect(page.get_by_text(f"customer {customer}", exact=True)).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "lookup.png"), full_page=True)
-        page.get_by_role("tab", name="Predict").click()
+        page.get_by_role("link", name="Predict", exact=True).click()
         for feature, value in typed.items():  # every field typed in: the form must use them
-            field = page.get_by_label(re.compile(rf"^{re.escape(label(feature))} \("))
-            field.fill(f"{value:g}")
+            field = page.get_by_label(re.compile(rf"^{re.escape(field_label(feature))}$"))
+            field.fill(f"{value * 100:g}" if feature in SHARES else f"{value:g}")
             field.press("Tab")
         page.get_by_role("button", name="Predict").click()
         expect(page.get_by_text(f"Segment {predicted}: {trained.model.names[predicted]}")
@@ -164,7 +165,7 @@ def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: 
         charts = page.locator("main").aria_snapshot()  # what a screen reader hears
         for name in names.values():
             assert name in charts, (name, charts[:500])
-        page.get_by_role("tab", name="Lookup").click()
+        page.get_by_role("link", name="Lookup", exact=True).click()
         customer = str(synthetic_frame["customer_id"].iloc[3])
         box = page.get_by_label("Customer id")
         box.fill(customer)
@@ -175,7 +176,7 @@ def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: 
         expect(reasons.first).to_be_visible()
         text = " ".join(reasons.all_inner_texts())
         assert not re.search(r"\bpc\d|z\(|_", text), text  # customer terms only
-        page.get_by_role("tab", name="Segments").click()
+        page.get_by_role("link", name="Segments", exact=True).click()
         chosen = names[max(names)]
         page.get_by_text("Segment", exact=True).first.wait_for()
         page.locator("[data-testid='stSelectbox']").first.click()
@@ -184,10 +185,10 @@ def test_marketing_reads_names_reasons_segment_pages_and_runs(app_url: str, db: 
         expect(page.get_by_text(f"{counts[chosen]:,}", exact=True).first).to_be_visible()
         expect(page.get_by_text("Typical customers")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "segment-page.png"))
-        page.get_by_role("tab", name="Runs").click()
+        page.get_by_role("link", name="Runs", exact=True).click()
         expect(page.get_by_text("Scoring runs", exact=True)).to_be_visible(timeout=30_000)
         run_id = query(db, "SELECT run_id::text FROM scoring_runs")[0][0]
-        table = page.get_by_role("tabpanel", name="Runs").locator("[data-testid='stTable']").first
+        table = page.locator("main [data-testid='stTable']").first
         expect(table.get_by_text(run_id[:8], exact=True)).to_be_visible(timeout=30_000)
         rows = query(db, "SELECT rows_in FROM scoring_runs")[0][0]
         expect(table.get_by_text(f"{rows:,}", exact=True).first).to_be_visible()

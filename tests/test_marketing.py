@@ -12,7 +12,8 @@ from segmentation.sqlexport import install_segment_for
 from segmentation.training import train_model
 from tests.helpers import load_batch, query
 
-VIEWS = ("segment_summary", "customer_segments_current", "segment_movement",
+VIEWS = ("segment_summary", "segment_summary_by_model", "customer_segments_current",
+         "segment_movement",
          "customer_segments", "segment_names", "champion_log", "segment_membership",
          "champion_segment_names")
 

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from segmentation import scoring
-from tests.helpers import ROOT, load_batch, query, register_champion
+from tests.helpers import ROOT, load_batch, open_page, query, register_champion
 
 pytestmark = pytest.mark.reliability
 HOSTILE = ["'; DROP TABLE customer_segments; --", "\" OR 1=1 --", "客户 🙂", "x" * 5_000,
@@ -34,6 +34,7 @@ def scored_with_hostile_id(db: str, trained, models_dir: Path, tmp_path: Path,
 def test_lookup_treats_hostile_input_as_a_plain_id(scored_with_hostile_id: str) -> None:
     at = AppTest.from_file(str(ROOT / "streamlit_app" / "app.py"), default_timeout=60)
     at.run()
+    open_page(at, "lookup")
     for text in HOSTILE[1:]:
         at.text_input(key="lookup_id").set_value(text).run()
         assert not at.exception

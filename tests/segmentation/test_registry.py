@@ -227,8 +227,14 @@ def test_summary_names_the_model_that_scored_the_rows(db: str, trained, models_d
     with connection(db) as conn:
         registry.promote(conn, "m-new")
     rows = query(db, "SELECT model_version, rescore_pending, sum(customers)::int"
-                     " FROM segment_summary GROUP BY 1, 2 ORDER BY 1")
+                     " FROM segment_summary_by_model GROUP BY 1, 2 ORDER BY 1")
     assert rows == [("m-new", False, 0), ("m-old", True, 5_000)]
+    # what marketing reads first: one row per segment, named by the model that published
+    summary = query(db, "SELECT segment_id, segment_name, model_version, rescore_pending"
+                        " FROM segment_summary")
+    assert [r[0] for r in summary] == sorted({r[0] for r in summary})  # each segment once
+    assert {r[2:] for r in summary} == {("m-old", True)}
+    assert {r[1] for r in summary} == set(old.names.values())
     with connection(db) as conn:
         new = registry.load_version(conn)
     scoring.score_customers(db, new, mode="incremental")

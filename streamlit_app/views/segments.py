@@ -1,0 +1,97 @@
+"""One segment: who they are, how many over the runs, who comes and goes, typical customers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from segmentation.explain import in_units, label
+from segmentation.features import FEATURES
+from streamlit_app import data
+from streamlit_app.common import (
+    app_url,
+    export_picker,
+    get_engine,
+    get_model,
+    named,
+    published_names,
+    summary,
+    times,
+)
+
+
+def segment_page(url: str) -> None:
+    """One segment: who they are, how many over the runs, who comes and goes, examples."""
+    segments = summary("published_segments", url)
+    if segments.empty:
+        st.header("Segments")
+        st.info("No champion model yet: run `segmentation train`.")
+        return
+    names = published_names(segments)
+    chosen = st.selectbox("Segment", [named(i, names) for i in names], key="segment_pick")
+    segment = next(i for i in names if named(i, names) == chosen)
+    st.header(chosen)
+    row = segments[segments["segment_id"] == segment].iloc[0]
+    version = str(row["version"])
+    model = get_model(url, version)
+    total = int(segments["customers"].sum())
+    left, right = st.columns(2)
+    left.metric("customers", f"{int(row['customers']):,}")
+    right.metric("share of all customers", f"{row['customers'] / total:.1%}" if total else "-")
+    st.caption(str(row["profile"]))
+    st.subheader("Who they are")
+    scaler = model.pipeline.named_steps["scale"]
+    centre = model.centroid_of(segment)  # by id: ids need not be 0..k-1
+    profile = pd.DataFrame({
+        "feature": [label(f) for f in FEATURES],
+        "typical in this segment": [in_units(f, float(centre[i]))
+                                    for i, f in enumerate(FEATURES)],
+        "average customer": [in_units(f, float(scaler.mean_[i]))
+                             for i, f in enumerate(FEATURES)],
+        "difference (std. dev.)": [round(float((centre[i] - scaler.mean_[i]) / scaler.scale_[i]),
+                                         2) for i in range(len(FEATURES))]})
+    st.dataframe(profile, hide_index=True, width="stretch", height=35 * 18 + 3)
+    every = summary("segment_sizes_by_run", url)
+    sizes = every[every["segment_id"] == segment]
+    if not sizes.empty:
+        st.subheader("Size and share over the last scoring runs")
+        totals = every.groupby("started_at")["customers"].sum()
+        table = pd.DataFrame({
+            "run started (UTC)": times(sizes["started_at"]),
+            "customers": sizes["customers"].astype(int).map("{:,}".format),
+            "share": [f"{n / totals[t]:.1%}" for t, n in zip(sizes["started_at"],
+                                                               sizes["customers"],
+                                                               strict=True)]})
+        st.table(table.iloc[::-1], hide_index=True)
+    st.subheader("Moving in and out, per run")
+    moves = data.segment_movement(get_engine(url), segment)
+    if moves.empty:
+        st.caption("No customer has moved into or out of this segment yet.")
+    else:
+        moves["when"] = times(moves["started_at"])
+        moves["other segment"] = [t if d == "out" else f for f, t, d in zip(
+            moves["from_segment_name"], moves["to_segment_name"], moves["direction"],
+            strict=True)]
+        st.dataframe(moves[["when", "direction", "other segment", "customers"]],
+                     hide_index=True, width="stretch",
+                     column_config={"when": "run started (UTC)", "customers":
+                                    st.column_config.NumberColumn(format="localized")})
+    st.subheader("Typical customers")
+    members = data.segment_members(get_engine(url), segment)
+    if not members.empty:
+        z = model.standardize(members)
+        members["distance"] = ((z - model.centre_z(segment)) ** 2).sum(axis=1)
+        typical = members.nsmallest(10, "distance")
+        shown = pd.DataFrame({"customer": typical["customer_id"].astype(str)})
+        for f in ("balance", "purchases", "cash_advance", "credit_limit", "payments",
+                  "purchases_frequency", "prc_full_payment", "tenure"):
+            shown[label(f)] = [in_units(f, v) for v in typical[f]]
+        size = int(row["customers"])
+        among = (f"all its {size:,} members" if len(members) >= size else
+                 f"a random sample of {len(members):,} of its {size:,} members")
+        st.caption(f"the customers closest to the segment's centre, among {among}")
+        st.dataframe(shown, hide_index=True, width="stretch")
+    export_picker(url, names, key=f"export_segment_{segment}", preset=[segment])
+
+
+segment_page(app_url())
