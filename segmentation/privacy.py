@@ -21,7 +21,7 @@ from segmentation.runs import acquire_run_lock
 # a partitioned run not yet published; validation_examples: ids quoted by a broken rule).
 CUSTOMER_TABLES = ("segment_history", "segment_assignments", "scoring_stage",
                    "customers_quarantine", "customers_incoming", "customers",
-                   "validation_examples", "customer_origins")
+                   "validation_examples", "customer_origins", "run_typical_customers")
 RUN_WAIT_S = 1800  # an erasure queues behind a scoring run at most this long
 
 

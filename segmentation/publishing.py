@@ -64,6 +64,10 @@ def publish(conn: psycopg.Connection, result: ScoreResult, scored_at: datetime) 
                        " FROM segment_changes").fetchone()
     assert row is not None
     result.rows_new, changed = int(row[0]), int(row[1])
+    if result.rows_new:
+        result.new_by_segment = {int(s): int(n) for s, n in conn.execute(
+            "SELECT segment_id, count(*) FROM segment_changes WHERE is_new GROUP BY 1"
+            " ORDER BY 1")}
     swapped = bool(written) and written >= SWAP_SHARE * published_rows(conn) \
         and swap_partition(conn, result, params)
     if not swapped:

@@ -46,6 +46,7 @@ class Comparison:
     moved: int = 0  # published in another segment
     switched: int = 0  # same segment, scored before by another model
     segments: dict[int, int] = field(default_factory=dict)  # every row streamed, by segment
+    new_segments: dict[int, int] = field(default_factory=dict)  # the new ones, by segment
 
     def add(self, other: Comparison) -> None:
         """Sum partitions' counts."""
@@ -53,11 +54,17 @@ class Comparison:
         self.moved += other.moved
         self.switched += other.switched
         self.count_segments(other.segments)
+        add_counts(self.new_segments, other.new_segments)
 
     def count_segments(self, counts: dict[int, int]) -> None:
         """Add customers per segment."""
-        for segment, n in counts.items():
-            self.segments[segment] = self.segments.get(segment, 0) + n
+        add_counts(self.segments, counts)
+
+
+def add_counts(into: dict[int, int], counts: dict[int, int]) -> None:
+    """Add per-segment counts into another such dict."""
+    for segment, n in counts.items():
+        into[segment] = into.get(segment, 0) + n
 
 
 class Classifier(Protocol):
@@ -249,7 +256,8 @@ def compare_chunk(old: Any, segments: Any) -> Comparison:
     moved = known & (before != segments)
     same_model = old["old_same_model"].fill_null(False).to_numpy(zero_copy_only=False)
     return Comparison(new=int((~known).sum()), moved=int(moved.sum()),
-                      switched=int((known & ~moved & ~same_model).sum()))
+                      switched=int((known & ~moved & ~same_model).sum()),
+                      new_segments=segment_counts(np.asarray(segments)[~known]))
 
 
 def feature_matrix_of(table: Any) -> np.ndarray:

@@ -48,6 +48,7 @@ class ScoreResult:
     # GROUP BY of the whole table; empty when not known
     segment_counts: dict[int, int] = field(default_factory=dict)
     batches_waiting: int = 0  # landed but not validated when the run started: left for later
+    new_by_segment: dict[int, int] = field(default_factory=dict)  # first scored, by segment
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from segmentation import rebuild
+from segmentation import rebuild, summaries
 from segmentation.db import connection, is_transient, require_schema
 from segmentation.errors import SegmentationError
 from segmentation.publishing import publish
@@ -106,6 +106,7 @@ def score_customers(url: str, model: Classifier, *, mode: Mode = "full",
         record_failure(url, result, started_at, exc)
         raise
     rebuild.after_publish(url, analyze=bool(result.rows_changed))
+    summaries.write_summary(url, result, model)
     return result
 
 
@@ -148,8 +149,8 @@ def build_table(reader: psycopg.Connection, writer: psycopg.Connection, table: s
         rebuild.select_for_build(model.version, carry, partition, published),
         model, chunk_rows,
         progress, compare_run=result.run_id if carry else None, comparison=comparison)
-    if not carry:
-        comparison.new = rows
+    if not carry:  # nothing published: everyone is new
+        comparison.new, comparison.new_segments = rows, dict(comparison.segments)
     t0 = time.perf_counter()
     rebuild.index_build(writer, table)
     result.timings["index_s"] = round(time.perf_counter() - t0, 3)
@@ -187,6 +188,7 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
     if swapped:  # the published table is the build: its rows are the ones streamed
         result.segment_counts = dict(sorted(comparison.segments.items()))
     result.rows_new, result.rows_moved = comparison.new, comparison.moved
+    result.new_by_segment = dict(sorted(comparison.new_segments.items()))
     result.rows_changed = comparison.new + comparison.moved + comparison.switched
     result.timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.seconds = round(time.perf_counter() - started, 3)
@@ -353,6 +355,7 @@ def publish_staged(url: str, model: Classifier, start: RunStart,
             discard_staged(url, run_id)
         raise
     rebuild.after_publish(url, analyze=bool(result.rows_changed))
+    summaries.write_summary(url, result, model)
     return result
 
 

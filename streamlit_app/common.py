@@ -60,6 +60,27 @@ def summary(name: str, url: str) -> pd.DataFrame:
     return _cached(name, url, data.freshness(get_engine(url)))
 
 
+@st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
+def _cached_of(name: str, url: str, segment: int, stamp: str) -> pd.DataFrame:
+    """A per-segment read of streamlit_app.data, cached per state of the database."""
+    return getattr(data, name)(get_engine(url), segment)
+
+
+def summary_of(name: str, url: str, segment: int) -> pd.DataFrame:
+    """A per-segment read of the latest run's summary (see summary)."""
+    return _cached_of(name, url, segment, data.freshness(get_engine(url)))
+
+
+def summary_state(url: str) -> str:
+    """Whether the latest run's summary is there (streamlit_app.data.summary_state)."""
+    return data.summary_state(get_engine(url))
+
+
+def sample_size(url: str) -> int:
+    """How many published customers the latest summary's sampled parts were drawn from."""
+    return data.summary_sample_rows(get_engine(url))
+
+
 def bounds(feature: str) -> tuple[float, float | None]:
     """Input bounds that match the data contract."""
     if feature == "cash_advance_frequency":
@@ -88,17 +109,6 @@ def published_names(segments: pd.DataFrame) -> dict[int, str]:
 def named(segment_id: int, names: dict[int, str]) -> str:
     """A segment as marketing reads it."""
     return names.get(int(segment_id), f"segment {segment_id}")
-
-
-@st.cache_data(ttl=SUMMARY_TTL_S, show_spinner=False)
-def projected_sample(url: str, version: str, stamp: str) -> pd.DataFrame:
-    """A sample of scored customers projected on the model's two PCA axes, with their
-    segment ids (named by the caller: a rename needs no new projection)."""
-    sample = data.sample_customers(get_engine(url))
-    model = get_model(url, version)
-    points = model.pca.transform(model.standardize(sample))
-    return pd.DataFrame({"pc1": points[:, 0], "pc2": points[:, 1],
-                         "segment_id": sample["segment_id"].to_numpy()})
 
 
 def scatter(points: pd.DataFrame, names: dict[int, str],
@@ -156,6 +166,33 @@ def profile_heatmap(centroids: pd.DataFrame, names: dict[int, str]) -> None:
                             alt.value("black")))  # readable on the dark cells
     st.altair_chart((cells + text).properties(height=34 * len(FEATURES)),
                     width="stretch")
+
+
+def distributions(bins: pd.DataFrame, name: str) -> None:
+    """Each feature's distribution in the segment against everyone's (shares of customers
+    per bin, from the latest run's sample), a small chart per feature."""
+    import altair as alt
+
+    if bins.empty:
+        st.caption("No distribution yet: the next scoring run writes them.")
+        return
+    shown = bins.assign(
+        who=["this segment" if s else "everyone" for s in bins["in_segment"]],
+        feature=[label(f) for f in bins["feature"]],
+        middle=(bins["lower"] + bins["upper"]) / 2)
+    chart = alt.Chart(shown).mark_line(interpolate="step-after").encode(
+        x=alt.X("middle:Q", title=None),
+        y=alt.Y("share:Q", title=None, axis=alt.Axis(format="%")),
+        color=alt.Color("who:N", title=None, scale=alt.Scale(
+            domain=["this segment", "everyone"], range=["#d62728", "#7f7f7f"])),
+        tooltip=[alt.Tooltip("lower:Q", format=",.2f"), alt.Tooltip("upper:Q", format=",.2f"),
+                 alt.Tooltip("share:Q", format=".1%"), "who:N"]
+    ).properties(width=220, height=120).facet(
+        facet=alt.Facet("feature:N", title=None, sort=[label(f) for f in FEATURES]),
+        columns=4).resolve_scale(x="independent", y="independent")
+    st.caption(f"share of customers per range of each feature: {name} (red) against "
+               "everyone (grey)")
+    st.altair_chart(chart)
 
 
 def sizes_chart(moves: pd.DataFrame, names: dict[int, str]) -> None:

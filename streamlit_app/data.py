@@ -25,19 +25,40 @@ def app_engine(url: str, role: str | None = None) -> Engine:
     return engine
 
 
+LATEST = "(SELECT run_id FROM run_summaries ORDER BY written_at DESC LIMIT 1)"
+
+
 def published_segments(engine: Engine) -> pd.DataFrame:
-    """The segments as published: one row per segment, named by the model that published
-    them (version), with whether a newer champion has yet to rescore them (pending, and
-    the champion's version)."""
-    query = text(
-        "SELECT s.segment_id, s.segment_name AS name, s.profile, s.customers,"
-        " s.model_version AS version, s.rescore_pending AS pending,"
-        " (SELECT version FROM model_versions WHERE status = 'champion') AS champion"
-        " FROM segment_summary s ORDER BY s.segment_id")
-    df = pd.read_sql(query, engine)
+    """The segments as the latest run published them (its summary: no scan of the published
+    table), named by the model that published them (version), with whether a newer champion
+    has yet to rescore them (pending, and the champion's version); the champion's segments
+    with no customers before any run."""
+    df = pd.read_sql(text(
+        "WITH latest AS (SELECT run_id, model_version FROM run_summaries"
+        "  ORDER BY written_at DESC LIMIT 1),"
+        " champion AS (SELECT version FROM model_versions WHERE status = 'champion'),"
+        " model AS (SELECT coalesce((SELECT model_version FROM latest),"
+        "  (SELECT version FROM champion)) AS version)"
+        " SELECT n.segment_id, n.segment_name AS name, n.profile,"
+        " coalesce(z.customers, 0) AS customers, m.version,"
+        " m.version IS DISTINCT FROM (SELECT version FROM champion) AS pending,"
+        " (SELECT version FROM champion) AS champion"
+        " FROM model m JOIN segment_names n ON n.model_version = m.version"
+        " LEFT JOIN run_segment_sizes z ON z.run_id = (SELECT run_id FROM latest)"
+        "  AND z.segment_id = n.segment_id ORDER BY n.segment_id"), engine)
     total = df["customers"].sum()
     df["share"] = df["customers"] / total if total else 0.0
     return df
+
+
+def summary_state(engine: Engine) -> str:
+    """'ready', 'missing' (customers are published but no run has summarised them yet: a
+    database from before summaries) or 'empty'."""
+    with engine.connect() as conn:
+        return str(conn.execute(text(
+            "SELECT CASE WHEN EXISTS (SELECT FROM run_summaries) THEN 'ready'"
+            " WHEN EXISTS (SELECT FROM segment_assignments) THEN 'missing' ELSE 'empty'"
+            " END")).scalar())
 
 
 def freshness(engine: Engine) -> str:
@@ -48,7 +69,8 @@ def freshness(engine: Engine) -> str:
             " 'champion'), (SELECT max(updated_at)::text || count(*) FROM"
             " segment_name_overrides), (SELECT max(id) FROM champion_log),"
             " (SELECT max(finished_at)::text FROM scoring_runs),"
-            " (SELECT max(finished_at)::text FROM validation_runs))")).scalar())
+            " (SELECT max(finished_at)::text FROM validation_runs),"
+            " (SELECT max(written_at)::text FROM run_summaries))")).scalar())
 
 
 def segment_names(engine: Engine, version: str) -> dict[int, tuple[str, str]]:
@@ -59,22 +81,20 @@ def segment_names(engine: Engine, version: str) -> dict[int, tuple[str, str]]:
             " WHERE model_version = :v"), {"v": version})}
 
 
+def summary_sample_rows(engine: Engine) -> int:
+    """How many published customers the latest summary sampled."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT coalesce((SELECT sample_rows FROM run_summaries"
+                                     " ORDER BY written_at DESC LIMIT 1), 0)")).scalar() or 0)
+
+
 def segment_sizes_by_run(engine: Engine, runs: int = 10) -> pd.DataFrame:
-    """Customers per segment after each of the last runs: the running sum of each run's
-    arrivals (new customers) and moves in and out."""
+    """Customers per segment after each of the last summarised runs."""
     return pd.read_sql(text(
-        "WITH moves AS ("
-        " SELECT run_id, to_segment AS segment_id, customers AS delta FROM segment_movement"
-        " UNION ALL SELECT run_id, from_segment, -customers FROM segment_movement"
-        "  WHERE from_segment IS NOT NULL),"
-        " net AS (SELECT r.started_at, m.segment_id, sum(m.delta) AS delta FROM moves m"
-        "  JOIN scoring_runs r USING (run_id) WHERE r.status = 'succeeded' GROUP BY 1, 2),"
-        " sized AS (SELECT started_at, segment_id, sum(delta) OVER (PARTITION BY segment_id"
-        "  ORDER BY started_at) AS customers FROM net)"
-        " SELECT * FROM sized WHERE started_at >= coalesce((SELECT min(started_at) FROM"
-        "  (SELECT started_at FROM scoring_runs WHERE status = 'succeeded'"
-        "   ORDER BY started_at DESC LIMIT :runs) last), '-infinity')"
-        " ORDER BY started_at, segment_id"), engine, params={"runs": runs})
+        "SELECT r.started_at, z.segment_id, z.customers FROM (SELECT run_id FROM run_summaries"
+        " ORDER BY written_at DESC LIMIT :runs) last JOIN run_segment_sizes z USING (run_id)"
+        " JOIN scoring_runs r USING (run_id) ORDER BY r.started_at, z.segment_id"),
+        engine, params={"runs": runs})
 
 
 def centroids_z(engine: Engine) -> pd.DataFrame:
@@ -154,26 +174,41 @@ def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:
 
 def segment_movement(engine: Engine, segment_id: int, runs: int = 10) -> pd.DataFrame:
     """Customers moving into and out of one segment, per run, with the other segment's name
-    (the last `runs` runs that moved anyone)."""
+    (new customers as 'new customer'), over the last `runs` summarised runs."""
     return pd.read_sql(text(
-        "SELECT started_at, from_segment_name, to_segment_name, customers,"
-        " CASE WHEN to_segment = :s THEN 'in' ELSE 'out' END AS direction"
-        " FROM segment_movement"
-        " WHERE (to_segment = :s OR from_segment = :s)"
-        " AND from_segment IS DISTINCT FROM to_segment"
-        " AND run_id IN (SELECT run_id FROM segment_movement WHERE from_segment IS DISTINCT"
-        "  FROM to_segment GROUP BY run_id, started_at ORDER BY started_at DESC LIMIT :runs)"
-        " ORDER BY started_at DESC, direction, customers DESC"),
+        "SELECT r.started_at,"
+        " CASE WHEN m.from_segment IS NULL THEN 'new customer'"
+        "  ELSE coalesce(f.segment_name, 'segment ' || m.from_segment) END AS from_segment_name,"
+        " coalesce(t.segment_name, 'segment ' || m.to_segment) AS to_segment_name, m.customers,"
+        " CASE WHEN m.to_segment = :s THEN 'in' ELSE 'out' END AS direction"
+        " FROM (SELECT run_id FROM run_summaries ORDER BY written_at DESC LIMIT :runs) last"
+        " JOIN run_segment_moves m USING (run_id) JOIN scoring_runs r USING (run_id)"
+        " LEFT JOIN champion_segment_names f ON f.segment_id = m.from_segment"
+        " LEFT JOIN champion_segment_names t ON t.segment_id = m.to_segment"
+        " WHERE (m.to_segment = :s OR m.from_segment = :s)"
+        " ORDER BY r.started_at DESC, direction, m.customers DESC"),
         engine, params={"s": segment_id, "runs": runs})
 
 
-def segment_members(engine: Engine, segment_id: int, n: int = 2_000) -> pd.DataFrame:
-    """A reproducible sample of one segment's customers with their features."""
-    columns = ", ".join(f"c.{f}" for f in FEATURES)
+def typical_customers(engine: Engine, segment_id: int) -> pd.DataFrame:
+    """The customers nearest the segment's centre in the latest summary, with their features
+    (each by its key)."""
+    columns = ", ".join(f"c.{f}" for f in FEATURES)  # FEATURES: fixed column names
     return pd.read_sql(text(
-        f"SELECT s.customer_id, {columns} FROM customer_segments s JOIN customers c"
-        " USING (customer_id) WHERE s.segment_id = :s ORDER BY md5(s.customer_id) LIMIT :n"),
-        engine, params={"s": segment_id, "n": n})
+        f"SELECT t.customer_id, t.distance, {columns} FROM run_typical_customers t"
+        f" JOIN customers c USING (customer_id) WHERE t.run_id = {LATEST}"
+        " AND t.segment_id = :s ORDER BY t.rank"), engine, params={"s": segment_id})
+
+
+def feature_bins(engine: Engine, segment_id: int) -> pd.DataFrame:
+    """Each feature's distribution in the latest summary: the segment's and everyone's
+    share of customers per bin."""
+    return pd.read_sql(text(
+        "SELECT feature, bin, lower, upper, coalesce(segment_id = :s, false) AS in_segment,"
+        " customers::float / nullif(sum(customers) OVER (PARTITION BY feature, segment_id), 0)"
+        " AS share FROM run_feature_bins WHERE run_id = " + LATEST +
+        " AND (segment_id = :s OR segment_id IS NULL) ORDER BY feature, in_segment, bin"),
+        engine, params={"s": segment_id})
 
 
 def export_segments(engine: Engine, segment_ids: list[int], who: str) -> pd.DataFrame:
@@ -192,20 +227,24 @@ def export_segments(engine: Engine, segment_ids: list[int], who: str) -> pd.Data
 
 
 def movement_last_run(engine: Engine) -> pd.DataFrame:
-    """From/to segment names and counts of the latest successful run."""
+    """From/to segment names and counts of the latest summarised run."""
     return pd.read_sql(text(
-        "SELECT from_segment_name AS from_segment, to_segment_name AS to_segment, customers"
-        " FROM segment_movement WHERE run_id = (SELECT run_id FROM scoring_runs"
-        "  WHERE status = 'succeeded' ORDER BY started_at DESC LIMIT 1)"
-        " ORDER BY from_segment NULLS FIRST, to_segment"), engine)
+        "SELECT CASE WHEN m.from_segment IS NULL THEN 'new customer'"
+        "  ELSE coalesce(f.segment_name, 'segment ' || m.from_segment) END AS from_segment,"
+        " coalesce(t.segment_name, 'segment ' || m.to_segment) AS to_segment, m.customers"
+        " FROM run_segment_moves m"
+        " LEFT JOIN champion_segment_names f ON f.segment_id = m.from_segment"
+        " LEFT JOIN champion_segment_names t ON t.segment_id = m.to_segment"
+        " WHERE m.run_id = " + LATEST + " ORDER BY m.from_segment NULLS FIRST, m.to_segment"),
+        engine)
 
 
-def sample_customers(engine: Engine, n: int = 2_000) -> pd.DataFrame:
-    """A reproducible sample of scored customers with their features (for the scatter)."""
-    columns = ", ".join(f"c.{f}" for f in FEATURES)
+def scatter_points(engine: Engine) -> pd.DataFrame:
+    """The latest summary's scatter: a sample of published customers on the model's two
+    principal axes."""
     return pd.read_sql(text(
-        f"SELECT s.segment_id, {columns} FROM customer_segments s JOIN customers c"
-        " USING (customer_id) ORDER BY md5(s.customer_id) LIMIT :n"), engine, params={"n": n})
+        "SELECT pc1, pc2, segment_id FROM run_scatter_points WHERE run_id = " + LATEST),
+        engine)
 
 
 def validation_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:

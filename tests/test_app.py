@@ -137,7 +137,9 @@ def test_an_unusable_model_is_named_not_blamed_on_the_database(scored_db: str,
     instead of calling the database unreachable."""
     model = models_dir / "m-app-1" / "model.skops"
     model.rename(model.with_name("model.joblib"))
-    at = run_app()
+    at = run_app()  # the overview reads the run's summary: it needs no model file
+    assert not at.error
+    at.switch_page("views/segments.py").run()  # a segment's profile is the model's
     assert at.error and "The champion model cannot be used" in at.error[0].value
     assert "pickle from an earlier release" in at.error[0].value
 
@@ -239,3 +241,57 @@ def test_the_overview_shows_what_is_published_and_a_pending_rescore(
     assert len(table) == len(set(table["segment_id"]))  # each segment once
     assert not any(str(n).startswith("New ") for n in table["name"])
     assert any("has not scored the customers yet" in i.value for i in at.info)
+
+
+def statements_of(db: str, run) -> list[str]:  # type: ignore[no-untyped-def]
+    """The statements PostgreSQL ran for the app while `run()` ran (pg_stat_statements is
+    not needed: the app's own engine and lookup pool are wrapped)."""
+    import psycopg
+
+    seen: list[str] = []
+    real = psycopg.Cursor.execute
+
+    def keep(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(query if isinstance(query, str) else query.as_string(self.connection))
+        return real(self, query, params, **kwargs)
+
+    psycopg.Cursor.execute = keep  # type: ignore[method-assign]
+    try:
+        run()
+    finally:
+        psycopg.Cursor.execute = real  # type: ignore[method-assign]
+    return seen
+
+
+def test_no_page_scans_the_published_table(scored_db: str, synthetic_frame) -> None:
+    """Every page reads the run's summary or one customer by key: no statement a page
+    sends reads segment_assignments (or a view over it) but by customer id."""
+    import re
+
+    from segmentation.db import connection
+
+    at = run_app()
+    customer = str(synthetic_frame["customer_id"].iloc[0])
+    for page in ("overview", "segments", "lookup", "predict", "runs", "models"):
+        def visit(page: str = page) -> None:
+            import streamlit as st
+
+            st.cache_data.clear()  # a first visit: nothing from the cache
+            open_page(at, page)
+            if page == "lookup":
+                at.text_input(key="lookup_id").set_value(customer).run()
+            if page == "predict":
+                at.button[0].click().run()
+
+        sent = statements_of(scored_db, visit)
+        assert sent, page
+        published = [s for s in sent if re.search(
+            r"segment_assignments|customer_segments|segment_summary\b|segment_movement"
+            r"|customer_first_segments|segment_membership", s)]
+        for statement in published:  # only by key: EXPLAIN shows no sequential scan
+            with connection(scored_db) as conn:
+                if "%s" in statement or ":" in statement:
+                    assert "customer_id = " in statement, (page, statement)
+                    continue
+                plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement))
+                assert "Seq Scan on segment_assignments" not in plan, (page, statement)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from streamlit_app import data
 from streamlit_app.common import (
     app_url,
     export_picker,
-    get_engine,
     profile_heatmap,
-    projected_sample,
     published_names,
     scatter,
     sizes_chart,
     summary,
+    summary_state,
 )
 
 
@@ -23,7 +21,11 @@ def overview(url: str) -> None:
     st.header("Segments")
     segments = summary("published_segments", url)
     if segments.empty or segments["customers"].sum() == 0:
-        st.info("No scored customers yet: run `segmentation score`.")
+        if summary_state(url) == "missing":  # published before runs wrote summaries
+            st.info("Customers are published, but no scoring run has summarised them for "
+                    "the app yet: the next `segmentation score` does.")
+        else:
+            st.info("No scored customers yet: run `segmentation score`.")
         return
     names = published_names(segments)
     published, champion = str(segments["version"].iloc[0]), segments["champion"].iloc[0]
@@ -53,8 +55,7 @@ def overview(url: str) -> None:
         table.index.name, table.columns.name = "from", "to"
         st.dataframe(table, width="stretch")
     st.subheader("Customers on the first two principal axes")
-    version = published
-    scatter(projected_sample(url, version, data.freshness(get_engine(url))), names)
+    scatter(summary("scatter_points", url), names)
     export_picker(url, names, key="export_overview")
 
 

@@ -16,7 +16,6 @@ from streamlit_app.common import (
     get_engine,
     get_model,
     plain_problem,
-    projected_sample,
     scatter,
     summary,
 )
@@ -65,8 +64,7 @@ def predict(url: str) -> None:
         point = model.pca.transform(model.standardize(row))[0]
         here = pd.DataFrame({"pc1": [point[0]], "pc2": [point[1]],
                              "label": ["this customer"]})
-        scatter(projected_sample(url, model.version, data.freshness(get_engine(url))),
-                {i: n for i, (n, _) in names.items()}, here)
+        scatter(summary("scatter_points", url), {i: n for i, (n, _) in names.items()}, here)
 
 
 predict(app_url())

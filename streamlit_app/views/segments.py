@@ -7,15 +7,16 @@ import streamlit as st
 
 from segmentation.explain import in_units, label
 from segmentation.features import FEATURES
-from streamlit_app import data
 from streamlit_app.common import (
     app_url,
+    distributions,
     export_picker,
-    get_engine,
     get_model,
     named,
     published_names,
+    sample_size,
     summary,
+    summary_of,
     times,
 )
 
@@ -64,7 +65,7 @@ def segment_page(url: str) -> None:
                                                                strict=True)]})
         st.table(table.iloc[::-1], hide_index=True)
     st.subheader("Moving in and out, per run")
-    moves = data.segment_movement(get_engine(url), segment)
+    moves = summary_of("segment_movement", url, segment)
     if moves.empty:
         st.caption("No customer has moved into or out of this segment yet.")
     else:
@@ -76,19 +77,18 @@ def segment_page(url: str) -> None:
                      hide_index=True, width="stretch",
                      column_config={"when": "run started (UTC)", "customers":
                                     st.column_config.NumberColumn(format="localized")})
+    st.subheader("How its customers spread, against everyone")
+    distributions(summary_of("feature_bins", url, segment), chosen)
     st.subheader("Typical customers")
-    members = data.segment_members(get_engine(url), segment)
-    if not members.empty:
-        z = model.standardize(members)
-        members["distance"] = ((z - model.centre_z(segment)) ** 2).sum(axis=1)
-        typical = members.nsmallest(10, "distance")
+    typical = summary_of("typical_customers", url, segment)
+    if not typical.empty:
         shown = pd.DataFrame({"customer": typical["customer_id"].astype(str)})
         for f in ("balance", "purchases", "cash_advance", "credit_limit", "payments",
                   "purchases_frequency", "prc_full_payment", "tenure"):
             shown[label(f)] = [in_units(f, v) for v in typical[f]]
-        size = int(row["customers"])
-        among = (f"all its {size:,} members" if len(members) >= size else
-                 f"a random sample of {len(members):,} of its {size:,} members")
+        size, sampled = int(row["customers"]), sample_size(url)
+        among = (f"all its {size:,} members" if sampled >= total else
+                 f"a random sample of {sampled:,} of all {total:,} customers")
         st.caption(f"the customers closest to the segment's centre, among {among}")
         st.dataframe(shown, hide_index=True, width="stretch")
     export_picker(url, names, key=f"export_segment_{segment}", preset=[segment])

@@ -162,7 +162,10 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
     load_batch(db, delta)
     small = scoring.score_customers(db, other, mode="incremental")
     assert (small.published_by, small.rows_in) == ("upsert", 1)
-    assert small.segment_counts == {}  # it wrote one row: the table's counts are not its own
+    # it streamed one row: its counts are the published table's, counted once it published
+    assert small.segment_counts == dict(query(db, "SELECT segment_id, count(*) FROM"
+                                                  " customer_segments GROUP BY 1"))
+    assert sum(small.segment_counts.values()) == 5_001
     assert query(db, "SELECT count(*) FROM customer_segments") == [(5_001,)]
     assert query(db, "SELECT run_id::text, published_by, rows_new FROM scoring_runs"
                      " ORDER BY started_at") == [(first.run_id, "swap", 5_000),
