@@ -646,7 +646,11 @@ def run_app(
     env.pop("SEGMENTATION_DATABASE_URL", None)  # no owner URL in the app's reach
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", address, "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+           # a served app, not a development one: no watching of every imported module's
+           # source for changes, and no full garbage collection after every script run
+           # (each costs every session's rerun, many at once)
+           "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
     sys.stdout.flush()
     sys.stderr.flush()
     # the server replaces this process: its pid is the one ops see and stop, and no child

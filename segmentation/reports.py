@@ -6,6 +6,8 @@ import base64
 import io
 from typing import TYPE_CHECKING, Any
 
+from segmentation.features import FEATURES
+
 if TYPE_CHECKING:
     from segmentation.scoring import ScoreResult
     from segmentation.training import TrainingResult
@@ -92,6 +94,43 @@ def _pca_plot(result: TrainingResult) -> str:
     return _png(fig, "PCA scatter")
 
 
+def _exploration_plots(exploration: dict[str, Any]) -> str:
+    """The training sample's feature distributions and their correlation heatmap."""
+    if not exploration:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from segmentation.explain import label
+
+    histograms = exploration.get("histograms", {})
+    rows = (len(histograms) + 5) // 6
+    fig, axes = plt.subplots(rows, 6, figsize=(14, 2.1 * rows))
+    for ax, (feature, h) in zip(axes.flat, histograms.items(), strict=False):
+        edges = np.asarray(h["edges"])
+        ax.bar(edges[:-1], h["counts"], width=np.diff(edges), align="edge", color="#4c78a8")
+        ax.set_title(label(feature), fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(histograms):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = [_png(fig, "feature distributions")]
+    corr = np.asarray(exploration.get("correlation") or [])
+    if corr.size:
+        fig, ax = plt.subplots(figsize=(7, 6))
+        shown = ax.imshow(corr, cmap="RdBu", vmin=-1, vmax=1)  # centred on zero
+        names = [label(f) for f in FEATURES]
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        out.append(_png(fig, "feature correlations"))
+    return "\n\n".join(out)
+
+
 def retrain_markdown(result: TrainingResult, status: str,
                      names: dict[int, str] | None = None) -> str:
     """Markdown artifact: metrics, k report, segments (names as readers see them), rules."""
@@ -113,6 +152,7 @@ def retrain_markdown(result: TrainingResult, status: str,
         out += [f"| {r['k']} | {r['inertia']:.0f} | {r['silhouette']:.3f} | "
                 f"{r['davies_bouldin']:.3f} |" for r in m["k_report"]]
         out += ["", _k_plot(m["k_report"]), ""]
+    out += ["## The training sample", "", _exploration_plots(m.get("exploration", {})), ""]
     out += ["## Segments", "", _pca_plot(result), "", "| id | name | size | profile |",
             "|---|---|---|---|"]
     out += [f"| {r['segment_id']} | {r['name']} | {r['size']:,} | {r['profile']} |"

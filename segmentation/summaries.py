@@ -102,7 +102,9 @@ def sample_published(conn: psycopg.Connection, run: str, model: Any, total: int)
     rows = conn.execute(sql.SQL(
         "SELECT a.customer_id, a.segment_id, {} FROM segment_assignments a"
         " TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) JOIN customers c USING (customer_id)"
-    ).format(columns), (percent, zlib.crc32(run.encode()) % 1_000_000)).fetchall()
+        " LIMIT %s"  # whatever the counts said: never much more than the sample
+    ).format(columns), (percent, zlib.crc32(run.encode()) % 1_000_000,
+                        2 * SAMPLE_ROWS)).fetchall()
     conn.execute("UPDATE run_summaries SET sample_rows = %s WHERE run_id = %s",
                  (len(rows), run))
     if not rows:

@@ -138,6 +138,7 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
         "imputation_means": dict(zip(FEATURES, map(float, pipeline[0].statistics_),
                                      strict=True)),
         "medians": dict(zip(FEATURES, map(float, np.nanmedian(x, axis=0)), strict=True)),
+        "exploration": explore_sample(x),
         "alignment": {
             "champion": champion.version if champion else None,
             "label_to_segment": [int(m) for m in mapping],
@@ -151,6 +152,27 @@ def train_model(df: pd.DataFrame, version: str, *, k: int | str = 4,
     if progress is not None:
         progress(steps, steps, "done")
     return TrainingResult(model, metrics, sizes, gate_failures(metrics, champion), projection)
+
+
+def explore_sample(x: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    """The notebook's exploratory views of the training sample, small enough to keep in the
+    registry: each feature's histogram (equal bins between its 1st and 99th percentile, the
+    ends taking the outliers) and the features' correlations (pairwise complete)."""
+    import pandas as pd
+
+    histograms = {}
+    for j, feature in enumerate(FEATURES):
+        values = x[:, j][~np.isnan(x[:, j])]
+        if not len(values):
+            continue
+        low, high = (float(v) for v in np.percentile(values, [1, 99]))
+        high = high if high > low else low + 1.0
+        counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+        histograms[feature] = {"edges": [round(float(e), 6) for e in edges],
+                               "counts": [int(c) for c in counts]}
+    corr = pd.DataFrame(x, columns=list(FEATURES)).corr().fillna(0.0)
+    return {"histograms": histograms,
+            "correlation": [[round(float(v), 4) for v in row] for row in corr.to_numpy()]}
 
 
 def gate_failures(metrics: dict[str, Any], champion: SegmentationModel | None) -> list[str]:

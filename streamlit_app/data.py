@@ -143,6 +143,20 @@ def lookup_customer(pool: ConnectionPool, customer_id: str) -> dict[str, Any] | 
     return None
 
 
+def segment_profile(engine: Engine, version: str, segment_id: int) -> dict[str, dict[str, float]]:
+    """A segment's centre in original units and in standard deviations, and the average
+    customer (the training means), as the registry stored them: no model file to load."""
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT p.centroid, p.centroid_z, m.metrics->'imputation_means' FROM"
+            " segment_profiles p JOIN model_versions m ON m.version = p.version"
+            " WHERE p.version = :v AND p.segment_id = :s"), {"v": version, "s": segment_id}
+        ).first()
+    if row is None:
+        return {}
+    return {"centre": dict(row[0]), "z": dict(row[1]), "average": dict(row[2] or {})}
+
+
 def segment_centroid(engine: Engine, version: str, segment_id: int) -> dict[str, float]:
     """A segment's centroid in original units."""
     with engine.connect() as conn:
@@ -157,6 +171,17 @@ def model_versions(engine: Engine) -> pd.DataFrame:
         "SELECT version, status, k, created_at, (metrics->'tree'->>'agreement')::float"
         " AS agreement, (metrics->>'silhouette')::float AS silhouette, status_reason"
         " FROM model_versions ORDER BY created_at DESC"), engine)
+
+
+def model_exploration(engine: Engine, version: str) -> dict[str, Any]:
+    """A version's training report as the registry keeps it: the k selection, and the
+    training sample's feature distributions and correlations."""
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT metrics->'k_report', metrics->'exploration' FROM model_versions"
+            " WHERE version = :v"), {"v": version}).first()
+    return {"k_report": (row[0] or []) if row else [], "exploration": (row[1] or {}) if row
+            else {}}
 
 
 def scoring_runs(engine: Engine, limit: int = 20) -> pd.DataFrame:

@@ -139,7 +139,7 @@ def test_an_unusable_model_is_named_not_blamed_on_the_database(scored_db: str,
     model.rename(model.with_name("model.joblib"))
     at = run_app()  # the overview reads the run's summary: it needs no model file
     assert not at.error
-    at.switch_page("views/segments.py").run()  # a segment's profile is the model's
+    at.switch_page("views/predict.py").run()  # a prediction needs the model itself
     assert at.error and "The champion model cannot be used" in at.error[0].value
     assert "pickle from an earlier release" in at.error[0].value
 
@@ -295,3 +295,25 @@ def test_no_page_scans_the_published_table(scored_db: str, synthetic_frame) -> N
                     continue
                 plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement))
                 assert "Seq Scan on segment_assignments" not in plan, (page, statement)
+
+
+def test_the_models_page_shows_the_training_sample(scored_db: str) -> None:
+    """Beside the k selection: the training sample's feature distributions and their
+    correlation heatmap, centred on zero, read from the registry (no model file)."""
+    at = open_page(run_app(), "models")
+    subheaders = [h.value for h in at.subheader]
+    assert "The training sample: each feature's distribution" in subheaders
+    assert "The training sample: how the features move together" in subheaders
+    heat = next(s for s in vega_specs(at) if "correlation" in str(s))
+    domain = next(layer["encoding"]["color"]["scale"]["domain"] for layer in heat["layer"]
+                  if layer["mark"]["type"] == "rect")
+    assert domain == [-1, 1]
+
+
+def test_the_retrain_report_draws_the_training_sample(trained) -> None:
+    from segmentation.reports import retrain_markdown
+
+    report = retrain_markdown(trained, "champion")
+    assert "## The training sample" in report
+    assert "![feature distributions](data:image/png;base64," in report
+    assert "![feature correlations](data:image/png;base64," in report

@@ -7,11 +7,12 @@ import streamlit as st
 
 from segmentation.explain import in_units, label
 from segmentation.features import FEATURES
+from streamlit_app import data
 from streamlit_app.common import (
     app_url,
     distributions,
     export_picker,
-    get_model,
+    get_engine,
     named,
     published_names,
     sample_size,
@@ -34,23 +35,20 @@ def segment_page(url: str) -> None:
     st.header(chosen)
     row = segments[segments["segment_id"] == segment].iloc[0]
     version = str(row["version"])
-    model = get_model(url, version)
     total = int(segments["customers"].sum())
     left, right = st.columns(2)
     left.metric("customers", f"{int(row['customers']):,}")
     right.metric("share of all customers", f"{row['customers'] / total:.1%}" if total else "-")
     st.caption(str(row["profile"]))
     st.subheader("Who they are")
-    scaler = model.pipeline.named_steps["scale"]
-    centre = model.centroid_of(segment)  # by id: ids need not be 0..k-1
+    # as the registry stored the segment (by its id: ids need not be 0..k-1), no model file
+    stored = data.segment_profile(get_engine(url), version, segment)
+    centre, z, average = stored["centre"], stored["z"], stored["average"]
     profile = pd.DataFrame({
         "feature": [label(f) for f in FEATURES],
-        "typical in this segment": [in_units(f, float(centre[i]))
-                                    for i, f in enumerate(FEATURES)],
-        "average customer": [in_units(f, float(scaler.mean_[i]))
-                             for i, f in enumerate(FEATURES)],
-        "difference (std. dev.)": [round(float((centre[i] - scaler.mean_[i]) / scaler.scale_[i]),
-                                         2) for i in range(len(FEATURES))]})
+        "typical in this segment": [in_units(f, centre.get(f)) for f in FEATURES],
+        "average customer": [in_units(f, average.get(f)) for f in FEATURES],
+        "difference (std. dev.)": [round(float(z[f]), 2) for f in FEATURES]})
     st.dataframe(profile, hide_index=True, width="stretch", height=35 * 18 + 3)
     every = summary("segment_sizes_by_run", url)
     sizes = every[every["segment_id"] == segment]

@@ -50,6 +50,13 @@ def test_killing_the_app_by_its_pid_stops_the_server(db: str, tmp_path: Path,
         listens = {c.laddr.ip for c in psutil.Process(app.pid).net_connections("inet")
                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert listens == {"127.0.0.1"}, f"the app listens beyond loopback: {listens}"
+        served = psutil.Process(app.pid)
+        command = " ".join(served.cmdline())  # a served app: no watcher, no GC per rerun
+        assert "--server.fileWatcherType none" in command
+        assert "--runner.postScriptGC false" in command
+        environment = served.environ()  # its own login, never the owner's URL
+        assert "SEGMENTATION_DATABASE_URL" not in environment
+        assert "segmentation_app" in environment["SEGMENTATION_APP_DATABASE_URL"]
         family = [app.pid, *(c.pid for c in psutil.Process(app.pid).children(recursive=True))]
         os.kill(app.pid, sig)  # what ops do with the pid they see
         app.wait(30)
