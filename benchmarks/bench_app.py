@@ -1,6 +1,7 @@
 """The app at N customers, in Chromium, against its targets, in one run.
 
     python benchmarks/bench_app.py [--rows 1000000]     build a throwaway database
+    python benchmarks/bench_app.py --csv FILE           the same from a file (the real one)
     python benchmarks/bench_app.py --url URL            an existing scored database (10 M:
                                                         build it once, clone it per try)
 
@@ -59,15 +60,16 @@ def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[18] if len(samples) >= 2 else samples[0]
 
 
-def build(url: str, rows: int, folder: Path) -> None:
-    """generate -> ingest -> validate -> train (200k sample) -> score full."""
+def build(url: str, rows: int, folder: Path, csv: Path | None = None) -> None:
+    """generate (or the given file) -> ingest -> validate -> train (200k sample) -> score."""
     from segmentation.generate import generate_csv
     from segmentation.ingest import ingest_csv
     from segmentation.training import load_training_frame, register_and_gate, train_model
     from segmentation.validation import validate_batch
 
-    path = folder / "customers.csv"
-    generate_csv(path, rows, 3)
+    path = csv or folder / "customers.csv"
+    if csv is None:
+        generate_csv(path, rows, 3)
     validate_batch(url, ingest_csv(url, path).batch_id)
     result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(), k=4,
                          k_range=range(0))
@@ -210,6 +212,8 @@ async def twenty_tabs(app: str, ids: list[str]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--csv", type=Path, help="build from this file (the real one: "
+                                                 "../shared/data/customer_data.csv)")
     parser.add_argument("--url", help="an existing scored database (not changed but by one "
                                       "scoring night)")
     args = parser.parse_args()
@@ -220,13 +224,14 @@ def main() -> None:
         else:
             url = stack.enter_context(throwaway_database())
             os.environ["SEGMENTATION_MODELS_DIR"] = str(folder / "models")
-            build(url, args.rows, folder)
+            build(url, args.rows, folder, args.csv)
         with connection(url) as conn:
             model = registry.load_version(conn, None)
             customers = conn.execute("SELECT count(*) FROM segment_assignments").fetchone()
+            percent = min(100.0, 100.0 * 10_000 / max(customers[0] if customers else 1, 1))
             ids = [r[0] for r in conn.execute(
-                "SELECT customer_id FROM segment_assignments TABLESAMPLE SYSTEM (1)"
-                " LIMIT 5000").fetchall()]
+                "SELECT customer_id FROM segment_assignments TABLESAMPLE SYSTEM (%s)"
+                " LIMIT 5000", (percent,)).fetchall()]
         random.Random(7).shuffle(ids)
         print(f"app at {customers[0] if customers else 0:,} scored customers")
 

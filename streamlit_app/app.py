@@ -50,6 +50,12 @@ def main() -> None:
     st.title("Customer segments")
     if not signed_in():
         return
+    try:
+        from streamlit_app.common import app_url, warm_champion
+
+        warm_champion(app_url())
+    except SegmentationError:  # no database settings: the page says so below
+        pass
     navigation = st.navigation(
         [st.Page(VIEWS / f"{name}.py", title=title, url_path=name, default=name == "overview")
          for name, title in PAGES], position="top")

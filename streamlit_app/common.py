@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import streamlit as st
 from psycopg_pool import ConnectionPool
@@ -34,14 +36,42 @@ def get_engine(url: str) -> Engine:
     return data.app_engine(url, app_role())
 
 
-@st.cache_resource
+_MODELS: dict[tuple[str, str], SegmentationModel] = {}
+_LOADING = threading.Lock()
+
+
 def get_model(url: str, version: str) -> SegmentationModel:
-    """A model version (sha256-checked by the registry), cached per version."""
+    """A model version (sha256-checked by the registry), loaded once per process: a version
+    never changes, so every session shares it."""
     from segmentation.registry import load_version
 
-    with connection(url) as conn:
-        set_role(conn, app_role())
-        return load_version(conn, version)
+    with _LOADING:  # one load at a time: a second asker waits for the first's result
+        if (url, version) not in _MODELS:
+            with connection(url) as conn:
+                set_role(conn, app_role())
+                _MODELS[(url, version)] = load_version(conn, version)
+        return _MODELS[(url, version)]
+
+
+@st.cache_resource
+def warm_champion(url: str) -> threading.Thread:
+    """Load the champion in the background when the app starts serving (once per process),
+    so the first page that needs it (Predict, a lookup) does not wait for skops."""
+    from segmentation.registry import champion_version
+
+    def load() -> None:
+        try:
+            with connection(url) as conn:
+                set_role(conn, app_role())
+                version = champion_version(conn)
+            if version is not None:
+                get_model(url, version)
+        except Exception:  # the page that needs the model says what is wrong
+            pass
+
+    thread = threading.Thread(target=load, name="warm-champion", daemon=True)
+    thread.start()
+    return thread
 
 
 SUMMARY_TTL_S = 120  # the tables change once a night; lookups below are always live

@@ -27,8 +27,11 @@ def fresh_caches() -> None:
     """The app caches summaries per URL; every test gets its own view of the database."""
     import streamlit as st
 
+    from streamlit_app import common
+
     st.cache_data.clear()
     st.cache_resource.clear()
+    common._MODELS.clear()  # loaded once per process: each test registers its own files
 
 
 def run_app() -> AppTest:
