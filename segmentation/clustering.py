@@ -97,18 +97,9 @@ class SegmentationModel:
         centres = scaler.inverse_transform(self.pipeline[-1].cluster_centers_)
         return centres[np.argsort(self.label_to_segment)]
 
-    def centroid_of(self, segment_id: int) -> np.ndarray:
-        """One segment's centre in original units, by its stable id (ids need not be
-        0..k-1: a retrain keeps the ids of the segments it matched)."""
-        labels = [int(s) for s in self.label_to_segment]
-        if segment_id not in labels:
-            raise KeyError(f"model {self.version} has no segment {segment_id}")
-        scaler: StandardScaler = self.pipeline.named_steps["scale"]
-        centre = self.pipeline[-1].cluster_centers_[labels.index(segment_id)]
-        return np.asarray(scaler.inverse_transform(centre.reshape(1, -1))[0])
-
     def centre_z(self, segment_id: int) -> np.ndarray:
-        """One segment's centre in the scaled space the model classifies in."""
+        """One segment's centre in the scaled space the model classifies in, by its stable
+        id (ids need not be 0..k-1: a retrain keeps the ids of the segments it matched)."""
         labels = [int(s) for s in self.label_to_segment]
         return np.asarray(self.pipeline[-1].cluster_centers_[labels.index(segment_id)])
 

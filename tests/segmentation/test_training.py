@@ -146,3 +146,16 @@ def test_an_unusual_pipeline_is_left_to_scikit_learn(trained, synthetic_frame) -
     model = dataclasses.replace(trained.model, pipeline=pipeline)
     assert np.array_equal(model.standardize(frame),
                           np.asarray(pipeline[:-1].transform(feature_matrix(frame))))
+
+
+def test_a_segment_centre_is_found_by_its_id_not_its_position(trained) -> None:
+    """After `train --k 4` following k = 5 the ids kept can be, say, 0, 2, 5, 7: a centre
+    indexed by position named the wrong segment (or raised IndexError)."""
+    import dataclasses
+
+    import numpy as np
+
+    model = dataclasses.replace(trained.model, label_to_segment=np.array([7, 2, 5, 0]))
+    centres = model.pipeline[-1].cluster_centers_
+    for label, segment in enumerate([7, 2, 5, 0]):
+        assert np.array_equal(model.centre_z(segment), centres[label])
