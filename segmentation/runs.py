@@ -95,17 +95,25 @@ def refuse_failed_batches(conn: psycopg.Connection) -> int:
     return len(pending)
 
 
-def take_lock(conn: psycopg.Connection, function: str, wait: bool,
+# (wait for it, try it) for the transaction's lock and for the session's
+LOCK_STATEMENTS = {
+    False: ("SELECT pg_advisory_xact_lock(%s)", "SELECT pg_try_advisory_xact_lock(%s)"),
+    True: ("SELECT pg_advisory_lock(%s)", "SELECT pg_try_advisory_lock(%s)"),
+}
+
+
+def take_lock(conn: psycopg.Connection, session: bool, wait: bool,
               wait_timeout_s: float = 0) -> None:
-    """The run lock through `function` (the transaction's or the session's): refuse at once,
-    or wait for it (at most wait_timeout_s when > 0: a stuck run must not hold the night
-    forever)."""
+    """The run lock, until the transaction ends or (session) the session does: refuse at
+    once, or wait for it (at most wait_timeout_s when > 0: a stuck run must not hold the
+    night forever)."""
+    waiting, trying = LOCK_STATEMENTS[session]
     if wait:
         conn.execute("SELECT set_config('lock_timeout', %s, true)",
                      (f"{int(wait_timeout_s * 1000)}ms",))
         try:
             with conn.transaction():  # a savepoint: the timeout must not abort the caller
-                conn.execute(f"SELECT {function}(%s)", (SCORE_LOCK,))
+                conn.execute(waiting, (SCORE_LOCK,))
         except psycopg.errors.LockNotAvailable:
             raise RunLocked(f"another scoring run{running_run(conn)} still holds the run lock "
                             f"after {wait_timeout_s:,.0f} s of waiting; giving up (see "
@@ -113,8 +121,7 @@ def take_lock(conn: psycopg.Connection, function: str, wait: bool,
         finally:
             conn.execute("SET LOCAL lock_timeout TO DEFAULT")
         return
-    row = conn.execute(f"SELECT {function.replace('pg_', 'pg_try_', 1)}(%s)",
-                       (SCORE_LOCK,)).fetchone()
+    row = conn.execute(trying, (SCORE_LOCK,)).fetchone()
     if not row or not row[0]:
         raise RunLocked(f"another scoring run is in progress{running_run(conn)}; not starting a "
                         "second one (use --wait to queue behind it)")
@@ -122,7 +129,7 @@ def take_lock(conn: psycopg.Connection, function: str, wait: bool,
 
 def acquire_run_lock(conn: psycopg.Connection, wait: bool, wait_timeout_s: float = 0) -> None:
     """Exclusive scoring until this transaction ends (see take_lock)."""
-    take_lock(conn, "pg_advisory_xact_lock", wait, wait_timeout_s)
+    take_lock(conn, False, wait, wait_timeout_s)
 
 
 def running_run(conn: psycopg.Connection) -> str:
@@ -146,7 +153,7 @@ def hold_run_lock(url: str, run_id: str, wait: bool,
         conn.execute("SELECT set_config('application_name', %s, false)",
                      (f"segmentation run {run_id}",))
         with conn.transaction():
-            take_lock(conn, "pg_advisory_lock", wait, wait_timeout_s)
+            take_lock(conn, True, wait, wait_timeout_s)
         row = conn.execute("SELECT pid, backend_start FROM pg_stat_activity"
                            " WHERE pid = pg_backend_pid()").fetchone()
         assert row is not None
