@@ -132,13 +132,19 @@ def acquire_run_lock(conn: psycopg.Connection, wait: bool, wait_timeout_s: float
     take_lock(conn, False, wait, wait_timeout_s)
 
 
+# The sessions holding this database's run lock (a single bigint key: classid 0, objid the
+# key, objsubid 1), with their pg_stat_activity row as `a`.
+LOCK_HOLDERS = (
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1 AND l.granted")
+
+
 def running_run(conn: psycopg.Connection) -> str:
     """' (run <id>)' for a partitioned run holding the lock, named by its session."""
     row = conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1"
-        " AND l.granted AND a.application_name LIKE 'segmentation run %%' LIMIT 1",
-        (SCORE_LOCK,)).fetchone()
+        "SELECT a.application_name " + LOCK_HOLDERS +
+        " AND a.application_name LIKE 'segmentation run %%' LIMIT 1", (SCORE_LOCK,)).fetchone()
     return f" ({row[0].removeprefix('segmentation ')})" if row else ""
 
 
@@ -166,11 +172,8 @@ def require_hold(conn: psycopg.Connection, hold: RunHold) -> None:
     """Refuse to write for a run whose flow no longer holds the run lock (it died, or lost
     its connection): another run may have started since."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database"
-        " WHERE datname = current_database()) AND l.classid = 0 AND l.objid = %s"
-        " AND l.objsubid = 1 AND l.mode = 'ExclusiveLock' AND l.granted"
-        " AND a.pid = %s AND a.backend_start = %s)",
+        "SELECT EXISTS (SELECT " + LOCK_HOLDERS +
+        " AND l.mode = 'ExclusiveLock' AND a.pid = %s AND a.backend_start = %s)",
         (SCORE_LOCK, hold.pid, hold.backend_start)).fetchone()
     if not row or not row[0]:
         raise SegmentationError(f"run {hold.run_id} no longer holds the run lock (its flow "

@@ -440,12 +440,10 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         # From here to the commit no accept, erasure or scoring snapshot runs: a customer
         # erased meanwhile is neither quarantined nor accepted (nor quoted as an example).
         lock_accepts(conn)
-        erased = drop_erased(conn, "customers_incoming", batch_id)
-        if erased:
-            conn.execute("UPDATE ingest_batches SET rows_erased = rows_erased + %s"
-                         " WHERE batch_id = %s", (erased, batch_id))
-        erased_row = conn.execute("SELECT rows_erased FROM ingest_batches WHERE batch_id = %s",
-                                  (batch_id,)).fetchone()
+        erased_row = conn.execute(  # skipped at landing, by an erasure since, and now
+            "UPDATE ingest_batches SET rows_erased = rows_erased + %s WHERE batch_id = %s"
+            " RETURNING rows_erased",
+            (drop_erased(conn, "customers_incoming", batch_id), batch_id)).fetchone()
         erased = int(erased_row[0]) if erased_row else 0
         quarantined = 0
         if worst <= allowed and not failures:  # every id list is complete
