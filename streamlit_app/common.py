@@ -45,6 +45,9 @@ def get_model(url: str, version: str) -> SegmentationModel:
     never changes, so every session shares it."""
     from segmentation.registry import load_version
 
+    loaded = _MODELS.get((url, version))
+    if loaded is not None:  # the usual case: no lock to wait for
+        return loaded
     with _LOADING:  # one load at a time: a second asker waits for the first's result
         if (url, version) not in _MODELS:
             with connection(url) as conn:
