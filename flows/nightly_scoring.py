@@ -12,6 +12,7 @@ from flows.common import (
     dask_task_runner,
     database_url,
     db_task,
+    finished,
     flow_settings,
     flow_timeout_s,
     quiet_workers,
@@ -125,6 +126,13 @@ def partitioned_scoring(model_version: str, mode: Literal["full", "incremental"]
 
 
 @db_task
+def segment_names(model_version: str) -> dict[int, str]:
+    """The published model's segment names, as readers see them (renames applied)."""
+    with connection(database_url()) as conn:
+        return registry.segment_names(conn, model_version)
+
+
+@db_task
 def segment_mix(model_version: str, run_id: str,
                 counts: dict[int, int]) -> list[drift.DriftAlert]:
     """Segment-mix drift of the published table against the champion's training shares
@@ -146,8 +154,8 @@ def run_scoring(settings: Settings, mode: Literal["full", "incremental"], wait: 
                 version, mode, partitions, settings.chunk_rows, wait, settings.lock_wait_s)
     else:
         result = score_customers(version, mode, settings.chunk_rows, wait, settings.lock_wait_s)
-    create_markdown_artifact(markdown=reports.scoring_markdown(result), key="scoring-report",
-                             description="Latest scoring run")
+    create_markdown_artifact(markdown=reports.scoring_markdown(result, segment_names(version)),
+                             key="scoring-report", description="Latest scoring run")
     # the summary is the run's result (and the CLI's output), the report its artifact
     return (reports.scoring_summary(result),
             segment_mix(version, result.run_id, result.segment_counts))
@@ -160,7 +168,7 @@ def score_flow(mode: Literal["full", "incremental"] = "incremental", wait: bool 
     (partitions > 1: in parallel on Dask, a local cluster or SEGMENTATION_DASK_ADDRESS)."""
     summary, alerts = run_scoring(flow_settings(), mode, wait, partitions)
     report_drift(alerts, summary)
-    return summary
+    return finished(summary)
 
 
 @db_task
@@ -181,4 +189,4 @@ def nightly(mode: Literal["full", "incremental"] = "incremental", partitions: in
                                 settings.history_retention_days)
     summary = "\n".join([*validated, summary, retention])
     report_drift(alerts + mix, summary)
-    return summary
+    return finished(summary)

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import database_url, db_task, flow_settings, flow_timeout_s
+from flows.common import database_url, db_task, finished, flow_settings, flow_timeout_s
 from segmentation import registry, reports, training
 from segmentation.clustering import SegmentationModel
 from segmentation.db import connection
@@ -88,4 +88,4 @@ def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
     create_table_artifact(table=reports.segment_rows(result, names), key="retrain-segments",
                           description="Segments of the latest retrained model")
     # the summary is the run's result (and the CLI's output), the report its artifact
-    return reports.retrain_summary(result, status, names)
+    return finished(reports.retrain_summary(result, status, names))

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from flows.common import database_url, db_task, flow_settings, flow_timeout_s
+from flows.common import database_url, db_task, finished, flow_settings, flow_timeout_s
 from segmentation import drift, reports, validation
 from segmentation.config import Settings
 from segmentation.db import connection
@@ -107,5 +107,5 @@ def validate_flow(batch_id: str | None = None) -> list[str]:
     summaries, alerts = validate_pending(settings, batch_id)
     summary = "\n".join(summaries) or "no batch waiting for validation"
     report_drift(alerts, summary)
-    return summaries or ["no batch waiting for validation"]
+    return finished(summaries or ["no batch waiting for validation"])
 

@@ -15,6 +15,9 @@ def default_home() -> Path:
     return Path.home() / ".segmentation"
 
 
+DEMO_SUFFIX = "_demo"  # the demo's database: the user's database name and this
+
+
 class Settings(BaseSettings):
     """Everything configurable; secrets come only from the environment."""
 
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
         default=False, description="Let app users download the customers of a segment (CSV);"
         " each export is recorded in export_log.")
     home: Path = Field(default_factory=default_home, description="State directory.")
+    demo: bool = Field(
+        default=False, description="Work on the demo's own database and models (what"
+        " `segmentation demo` made; `segmentation --demo VERB`), never the user's own.")
     models_dir: Path | None = Field(default=None, description="Model registry folder.")
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows per streamed chunk.")
     quarantine_max_share: float = Field(default=0.05, ge=0, le=1)
@@ -76,8 +82,10 @@ class Settings(BaseSettings):
 
     @property
     def models_path(self) -> Path:
-        """Where model versions live: SEGMENTATION_MODELS_DIR or <home>/models."""
-        return self.models_dir if self.models_dir is not None else self.home / "models"
+        """Where model versions live: SEGMENTATION_MODELS_DIR or <home>/models (the demo's
+        in a folder of their own inside it)."""
+        base = self.models_dir if self.models_dir is not None else self.home / "models"
+        return base / DEMO_SUFFIX.lstrip("_") if self.demo else base
 
 
 def user_allowed(email: str | None, allowed: str) -> bool:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from segmentation.config import Settings, mask_url
 from segmentation.errors import DatabaseUnavailable, SegmentationError
@@ -35,10 +36,34 @@ def resolve_url(settings: Settings) -> str:
         from segmentation.embedded import ensure_embedded
 
         url = make_url(ensure_embedded(settings.home))
+    if settings.demo:
+        url = ensure_demo_database(url)
     if settings.statement_timeout_s and "options" not in url.query:
         url = url.update_query_dict(
             {"options": f"-cstatement_timeout={int(settings.statement_timeout_s * 1000)}"})
     return str(url.render_as_string(hide_password=False))
+
+
+def ensure_demo_database(url: URL) -> URL:
+    """The demo's own database beside the user's (same server, name + DEMO_SUFFIX), created
+    on first use: the demo's synthetic customers and models never mix with the user's."""
+    from segmentation.config import DEMO_SUFFIX
+
+    name = f"{url.database}{DEMO_SUFFIX}"
+    demo = url.set(database=name)
+    with connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                        (name,)).fetchone() is None:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another demo command created it meanwhile
+            except psycopg.errors.InsufficientPrivilege:
+                raise SegmentationError(
+                    f"the demo keeps its own database, {name}, and this login may not "
+                    "create it: create it (CREATE DATABASE), or run the demo on the embedded "
+                    "server (SEGMENTATION_DATABASE_URL unset)") from None
+    return demo
 
 
 APP_ROLE = "segmentation_app"
@@ -79,8 +104,6 @@ def ensure_app_login(owner_url: str, home: Path) -> str:
 def set_role(conn: psycopg.Connection, role: str | None) -> None:
     """Switch a fresh session to `role` (and commit, so a rollback cannot undo it)."""
     if role:
-        from psycopg import sql
-
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         if not conn.autocommit:
             conn.commit()
@@ -207,7 +230,6 @@ def arrow_reader_session(conn: psycopg.Connection, snapshot: str,
     in the snapshot `conn` exported (pg_export_snapshot), with `settings` (SET LOCAL ...)
     applied; closed on exit, which releases its snapshot and locks."""
     from adbc_driver_postgresql import dbapi
-    from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
     params = conn.info.get_parameters()  # the non-default ones, without the password
@@ -254,7 +276,6 @@ def sql_dir() -> Path:
 @dataclass(frozen=True)
 class Migration:
     """One numbered .sql file."""
-
     version: str
     name: str
     sql: str
@@ -312,10 +333,18 @@ def apply_migrations(url: str, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
+def create_schema_if_new(url: str) -> list[str]:
+    """A database never migrated (no schema_migrations) gets the schema on first use, so a
+    newcomer's first `ingest` works; an older schema is left for `segmentation db migrate`,
+    ops' decision. Returns the migrations applied."""
+    with connection(url) as conn:
+        row = conn.execute("SELECT to_regclass('public.schema_migrations') IS NULL").fetchone()
+    return apply_migrations(url) if row and row[0] else []
+
+
 def set_role_password(url: str, role: str, password: str) -> None:
     """Let a role (marketing_ro, segmentation_app) log in with a password taken from the
     environment."""
-    from psycopg import sql
 
     with connection(url, autocommit=True) as conn:
         # the server is sent the SCRAM verifier, never the password: a server that logs DDL
@@ -324,6 +353,14 @@ def set_role_password(url: str, role: str, password: str) -> None:
                                                 b"scram-sha-256").decode()
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}")
                      .format(sql.Identifier(role), sql.Literal(verifier)))
+
+
+def role_can_login(url: str, role: str) -> bool:
+    """Whether a role of this product may log in (ops gave it a password)."""
+    with connection(url) as conn:
+        row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s",
+                           (role,)).fetchone()
+    return bool(row and row[0])
 
 
 def set_marketing_password(url: str, password: str) -> None:

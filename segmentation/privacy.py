@@ -16,6 +16,7 @@ from segmentation.errors import SegmentationError
 from segmentation.ingest import lock_accepts
 from segmentation.rebuild import drop_tables, unattached_builds
 from segmentation.runs import acquire_run_lock
+from segmentation.summaries import subtract_erased
 
 # Every table that holds a customer by id, in delete order (scoring_stage: the scratch of
 # a partitioned run not yet published; validation_examples: ids quoted by a broken rule).
@@ -75,10 +76,13 @@ def forget_customers(conn: psycopg.Connection, ids: list[str], requested_by: str
                      " FROM customers_incoming WHERE customer_id = ANY(%s)", (ids,))
         for table in CUSTOMER_TABLES:
             gone = conn.execute(sql.SQL(
-                "DELETE FROM {} WHERE customer_id = ANY(%s) RETURNING customer_id").format(
-                sql.Identifier(table)), (ids,)).fetchall()
+                "DELETE FROM {} WHERE customer_id = ANY(%s) RETURNING customer_id, {}").format(
+                sql.Identifier(table), sql.Identifier("segment_id")
+                if table == "segment_assignments" else sql.NULL), (ids,)).fetchall()
             erasure.rows_removed[table] = len(gone)
-            held.update(i for (i,) in gone)
+            held.update(i for i, _ in gone)
+            if table == "segment_assignments":
+                subtract_erased(conn, [int(s) for _, s in gone])
         # a landed batch keeps its rows' account: rows_in = accepted + quarantined + erased
         conn.execute(
             "UPDATE ingest_batches b SET rows_erased = b.rows_erased + gone.n"

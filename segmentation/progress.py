@@ -32,7 +32,7 @@ def describe(label: str, done: int, total: int | None, unit: str, seconds: float
     """One progress line: done (of total), rate, and time left when the total is known."""
     rate = done / seconds if seconds > 0 else 0.0
     text = f"{label}: {done:,}" + (f" of {total:,}" if total else "") + f" {unit}"
-    text += f" ({rate:,.0f} {unit}/s"
+    text += f" ({rate:,.0f} {unit}/s" if rate >= 10 or rate == 0 else f" ({rate:.2g} {unit}/s"
     if total and rate > 0 and done < total:
         text += f", about {(total - done) / rate:,.0f} s left"
     return text + ")"

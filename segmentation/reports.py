@@ -161,23 +161,74 @@ def retrain_markdown(result: TrainingResult, status: str,
     return "\n".join(out)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 row', '8,950 rows'."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def rescored(result: ScoreResult) -> int:
+    """Customers whose segment stayed, newly scored by another model (a new champion)."""
+    return max(0, result.rows_changed - result.rows_new - result.rows_moved)
+
+
+def rate(result: ScoreResult) -> float:
+    return result.rows_scored / result.seconds if result.seconds else 0.0
+
+
+def scoring_parts(result: ScoreResult) -> list[tuple[str, str]]:
+    """What a run did, in words, for its artifact."""
+    parts = [("customers read", f"{result.rows_in:,}"), ("scored", f"{result.rows_scored:,}"),
+             ("new (scored for the first time)", f"{result.rows_new:,}"),
+             ("moved to another segment", f"{result.rows_moved:,}")]
+    if rescored(result):
+        parts.append(("same segment, now by this model", f"{rescored(result):,}"))
+    if result.rows_quarantined:
+        parts.append(("quarantined in the batches it scored", f"{result.rows_quarantined:,}"))
+    parts.append(("took", f"{result.seconds:.1f} s ({rate(result):,.0f} rows/s)"))
+    if result.published_by:
+        parts.append(("published by", {"swap": "swapping in a new table",
+                                       "upsert": "updating the changed rows"}.get(
+                                           result.published_by, result.published_by)))
+    return parts
+
+
 def scoring_summary(result: ScoreResult) -> str:
     """One line for the CLI and logs."""
-    rate = result.rows_scored / result.seconds if result.seconds else 0.0
-    how = f", published by {result.published_by}" if result.published_by else ""
+    what = [f"{result.rows_new:,} new", f"{result.rows_moved:,} moved"]
+    if rescored(result):
+        what.append(f"{rescored(result):,} rescored by this model in the same segment")
+    quarantined = (f"; {count(result.rows_quarantined, 'row')} quarantined in the batches it "
+                   "scored" if result.rows_quarantined else "")
     return (f"run {result.run_id} ({result.mode}, model {result.model_version}): "
-            f"{result.rows_in:,} in, {result.rows_scored:,} scored, "
-            f"{result.rows_changed:,} changed, {result.rows_quarantined:,} quarantined in the "
-            "batches it scored first, "
-            f"{result.seconds:.1f}s ({rate:,.0f} rows/s{how})"
-            + (f"\n{result.batches_waiting:,} batch(es) landed but not validated yet: left for "
-               "the next run" if result.batches_waiting else ""))
+            f"{result.rows_in:,} in, {result.rows_scored:,} scored ({', '.join(what)}){quarantined}"
+            f" in {result.seconds:.1f} s ({rate(result):,.0f} rows/s"
+            + (f", published by {result.published_by}" if result.published_by else "") + ")"
+            + (f"\n{count(result.batches_waiting, 'batch', 'batches')} landed but not "
+               "validated yet: left for the next run" if result.batches_waiting else ""))
 
 
-def scoring_markdown(result: ScoreResult) -> str:
-    """Markdown artifact for a scoring run."""
-    rows = "\n".join(f"| {k} | {v} |" for k, v in result.as_dict().items())
-    return f"# Scoring run {result.run_id}\n\n| field | value |\n|---|---|\n{rows}\n"
+def scoring_markdown(result: ScoreResult, names: dict[int, str] | None = None) -> str:
+    """Markdown artifact for a scoring run: what it did, the published segments, where the
+    time went."""
+    names = names or {}
+    out = [f"# Scoring run `{result.run_id}`", "",
+           f"{result.mode} run, model `{result.model_version}`", "",
+           "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in scoring_parts(result))]
+    if result.batches_waiting:
+        out.append(f"| batches left for the next run (not validated yet) | "
+                   f"{result.batches_waiting:,} |")
+    total = sum(result.segment_counts.values())
+    if total:
+        out += ["", "## Published segments", "", "| id | segment | customers | share |",
+                "|---|---|---|---|"]
+        out += [f"| {seg} | {names.get(seg, '')} | {n:,} | {n / total:.1%} |"
+                for seg, n in sorted(result.segment_counts.items())]
+    timings = {k: v for k, v in result.timings.items() if k.endswith("_s")}
+    if timings:
+        out += ["", "## Where the time went", "", "| step | seconds |", "|---|---|"]
+        out += [f"| {k.removesuffix('_s').replace('_', ' ')} | {float(v):.2f} |"
+                for k, v in timings.items()]
+    return "\n".join(out) + "\n"
 
 
 def validation_rows(report: ValidationReport) -> list[dict[str, Any]]:

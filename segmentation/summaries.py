@@ -27,6 +27,7 @@ SCATTER_POINTS = 2_000
 TYPICAL = 10  # customers nearest each centre
 BINS = 20
 SAMPLED = ("run_scatter_points", "run_typical_customers", "run_feature_bins")
+SUMMARY_LOCK = 7_421_005  # advisory xact lock: a summary's sizes vs an erasure's decrement
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def write_summary(url: str, result: ScoreResult, model: Any) -> None:
 def summarise(conn: psycopg.Connection, result: ScoreResult, model: Any) -> None:
     """Sizes, moves and the sampled parts of one published run (see the module)."""
     run = result.run_id
+    lock_summary(conn)
+    if result.segment_counts and erased_since(conn, run):
+        result.segment_counts = {}  # its own counts still hold customers erased since
     if not result.segment_counts:  # an ordinary night: count; the segment mix reuses it
         result.segment_counts = {int(s): int(n) for s, n in conn.execute(
             "SELECT segment_id, count(*) FROM segment_assignments GROUP BY 1 ORDER BY 1")}
@@ -70,6 +74,39 @@ def summarise(conn: psycopg.Connection, result: ScoreResult, model: Any) -> None
         copy_sampled(conn, previous[0], run, int(previous[1]))
     elif total:
         sample_published(conn, run, model_of(model), total)
+
+
+def lock_summary(conn: psycopg.Connection) -> None:
+    """Until this transaction ends, no erasure changes the sizes (it waits, then subtracts
+    its customers from the summary this one writes)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SUMMARY_LOCK,))
+
+
+def erased_since(conn: psycopg.Connection, run: str) -> bool:
+    """Whether an erasure committed after this run started: its customers are in the run's
+    own counts, and the erasure found no summary of this run to subtract them from."""
+    row = conn.execute("SELECT EXISTS (SELECT FROM erasures e JOIN scoring_runs r"
+                       " ON e.erased_at >= r.started_at WHERE r.run_id = %s)",
+                       (run,)).fetchone()
+    return bool(row and row[0])
+
+
+def subtract_erased(conn: psycopg.Connection, segments: list[int]) -> None:
+    """Take erased customers (their published segments) out of the latest run's summary,
+    so the sizes the app and segment_summary show stay exact until the next night."""
+    if not segments:
+        return
+    lock_summary(conn)
+    conn.execute(
+        "WITH last_run AS (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
+        "  ORDER BY finished_at DESC LIMIT 1),"
+        " gone AS (SELECT s AS segment_id, count(*) AS n FROM unnest(%s::smallint[]) s"
+        "  GROUP BY 1),"
+        " sizes AS (UPDATE run_segment_sizes z SET customers = z.customers - gone.n"
+        "  FROM gone WHERE z.segment_id = gone.segment_id"
+        "  AND z.run_id = (SELECT run_id FROM last_run) RETURNING gone.n)"
+        " UPDATE run_summaries SET customers = customers - (SELECT coalesce(sum(n), 0)"
+        "  FROM sizes) WHERE run_id = (SELECT run_id FROM last_run)", (segments,))
 
 
 def copy_sampled(conn: psycopg.Connection, source: str, run: str, sample_rows: int) -> None:

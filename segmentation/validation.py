@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,8 +27,8 @@ from psycopg.types.json import Json
 
 from segmentation.contract import DERIVED, Rule, contract_rules, describe, format_value, violation
 from segmentation.db import connect, connection, is_transient_text, require_schema
+from segmentation.drift import MIN_DRIFT_ROWS, PSI_BANDS, drift_warnings, feature_psi, psi_band
 from segmentation.errors import BatchBusy, DatabaseUnavailable, SegmentationError
-from segmentation.features import FEATURES
 from segmentation.ingest import accept_batch, drop_erased, lock_accepts
 from segmentation.progress import Update
 
@@ -38,7 +38,6 @@ VALIDATION_LOCK = 7_421_004  # pg_advisory_lock(VALIDATION_LOCK, hashtext(batch)
 
 class AlreadyValidated(SegmentationError):
     """The batch was validated (by another run, or before): nothing to do."""
-PSI_BANDS = ((0.25, "major shift"), (0.10, "moderate shift"))  # below 0.10: stable
 
 
 @dataclass
@@ -85,7 +84,7 @@ class ValidationReport:
 
     def major_drift(self) -> dict[str, float]:
         """Features whose PSI is in the 'major shift' band."""
-        return {f: v for f, v in self.drift.items() if v >= MAJOR_DRIFT}
+        return {f: v for f, v in self.drift.items() if psi_band(v) == PSI_BANDS[0][1]}
 
     def summary(self, examples: bool = True) -> str:
         """What ops read: verdict, counts, then each failure and warning; examples (ids and
@@ -156,8 +155,11 @@ def run_gx(url: str, table: str, rules: list[Rule], id_limit: int = 0,
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     # the generic SQL source: it also takes Unix-socket URLs (the embedded server), which
-    # the Postgres source's DSN validation rejects; the SQL is pushed down the same way
-    source = context.data_sources.add_sql(name="segmentation", connection_string=url)
+    # the Postgres source's DSN validation rejects; the SQL is pushed down the same way. GX
+    # warns that a Postgres source exists (GxDatasourceWarning): a choice made, not for ops.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are using a generic SQLDatasource")
+        source = context.data_sources.add_sql(name="segmentation", connection_string=url)
     # (A query asset per batch was tried: GX runs the whole query to learn its columns.)
     asset = source.add_table_asset(name="customers_batch", table_name=table)
     batches = asset.add_batch_definition_whole_table(name="batch")
@@ -222,97 +224,6 @@ def _interpret(rules: list[Rule], raw: list[dict[str, Any]]) -> list[RuleOutcome
             outcome.error = str(item["error"]).strip().splitlines()[0][:300]
         outcomes.append(outcome)
     return outcomes
-
-
-MAJOR_DRIFT = PSI_BANDS[0][0]
-# Drift is estimated from a page sample of this many rows (see feature_psi).
-DRIFT_SAMPLE_ROWS = 100_000
-# PSI over ten buckets is noise on small batches (10 rows of the same population score
-# > 1): below this many rows drift is not measured, and the report says so.
-MIN_DRIFT_ROWS = 500
-
-
-def feature_psi(conn: psycopg.Connection, batch_id: str,
-                reference: dict[str, dict[str, list[float]]], rows_in: int,
-                sample_rows: int = DRIFT_SAMPLE_ROWS) -> dict[str, float]:
-    """PSI of each feature against the champion's training distribution.
-
-    Read from a page sample of about sample_rows rows (every row of a smaller batch): the
-    drift bands are 0.10 and 0.25, and at 100,000 rows the sampling error of a PSI over
-    ten buckets is about 0.001. Counts below each training edge, cumulative, give
-    width_bucket's buckets; plain filtered counts run on parallel workers.
-    """
-    features = [f for f in FEATURES if f in reference]
-    if not features:
-        return {}
-    counts: list[sql.Composable] = []
-    edges: list[float] = []
-    for feature in features:
-        counts.append(sql.SQL("count({})").format(sql.Identifier(feature)))
-        for edge in reference[feature]["edges"]:
-            counts.append(sql.SQL("count(*) FILTER (WHERE {} < %s)")
-                          .format(sql.Identifier(feature)))
-            edges.append(edge)
-    percent = min(100.0, 100.0 * sample_rows / max(rows_in, 1))
-    row = conn.execute(sql.SQL(
-        "SELECT {} FROM customers_incoming TABLESAMPLE SYSTEM (%s::real) REPEATABLE (0)"
-        " WHERE batch_id = %s").format(sql.SQL(", ").join(counts)),
-        [*edges, percent, batch_id]).fetchone()
-    assert row is not None
-    values, position = {}, 0
-    for feature in features:
-        n = len(reference[feature]["edges"])
-        total, below = int(row[position]), [int(v) for v in row[position + 1:position + 1 + n]]
-        position += 1 + n
-        if total:
-            cumulative = [0, *below, total]
-            values[feature] = psi(reference[feature]["proportions"],
-                                  [(cumulative[i + 1] - cumulative[i]) / total
-                                   for i in range(n + 1)])
-    return values
-
-
-def drift_warnings(values: dict[str, float]) -> list[str]:
-    """PSI values in words, with the usual bands (0.10 moderate, 0.25 major)."""
-    warnings = []
-    for feature, value in values.items():
-        for threshold, label in PSI_BANDS:
-            if value >= threshold:
-                warnings.append(f"drift: {feature} PSI {value:.2f} ({label} vs the champion's "
-                                "training data)")
-                break
-    return warnings
-
-
-def segment_mix_psi(conn: psycopg.Connection,
-                    counts: dict[int, int] | None = None) -> float | None:
-    """PSI of today's segment shares against the champion's training shares; counts: the
-    published customers per segment when the run counted them (else counted here)."""
-    shares = conn.execute(
-        "SELECT p.segment_id, p.share FROM segment_profiles p JOIN model_versions m"
-        " ON m.version = p.version AND m.status = 'champion' ORDER BY p.segment_id"
-    ).fetchall()
-    if not shares:
-        return None
-    if not counts:
-        counts = dict(conn.execute(
-            "SELECT segment_id, count(*) FROM customer_segments GROUP BY segment_id"
-        ).fetchall())
-    counts = {int(k): int(v) for k, v in counts.items()}  # JSON would make keys text
-    total = sum(counts.get(segment, 0) for segment, _ in shares)
-    if not total:
-        return None
-    return psi([share for _, share in shares],
-               [counts.get(segment, 0) / total for segment, _ in shares])
-
-
-def psi(expected: list[float], actual: list[float], floor: float = 1e-4) -> float:
-    """Population stability index between two bucket distributions."""
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, floor), max(a, floor)
-        total += (a - e) * math.log(a / e)
-    return total
 
 
 def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutcome]) -> int:

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segmentation.cli import app
+from segmentation.db import connection
 from tests.helpers import query, run_cli
 
 VERBS = [[], ["db"], ["db", "migrate"], ["db", "url"], ["db", "stop"], ["generate"], ["ingest"],
@@ -291,3 +292,40 @@ def test_forget_from_the_cli(db: str, synthetic_csv: Path, tmp_path: Path) -> No
                    "give customer ids")
     one_line_error(run_cli("customers", "forget", "--file", str(tmp_path / "none.txt"),
                            env=cli_env(db, tmp_path)), "cannot be read")
+
+
+@pytest.mark.parametrize("args", [["app", "--port", "99999"], ["score", "--partitions", "0"],
+                                  ["generate", "--rows", "0"], ["no-such-verb"],
+                                  ["models", "show", "--no-such-option"]],
+                         ids=lambda a: " ".join(a))
+def test_a_usage_mistake_is_one_error_line_and_exit_1(args: list[str], tmp_path: Path) -> None:
+    result = run_cli(*args, env={**os.environ, "SEGMENTATION_HOME": str(tmp_path)})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "--help" in result.stderr  # where to read what is allowed
+
+
+def test_help_wraps_whole_sentences() -> None:
+    result = run_cli("--help", env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0
+    # a docstring's paragraph is one sentence, not its source lines (it read "exit 1 if |
+    # it fails, 3 if it | was accepted")
+    assert "then validate it (exit 1 if it fails, 3 if it was accepted but drifted)" \
+        in result.stdout
+
+
+def test_db_url_says_how_ops_and_marketing_log_in(db: str, tmp_path: Path) -> None:
+    from segmentation.db import set_marketing_password
+
+    env = cli_env(db, tmp_path)
+    with connection(db) as conn:
+        conn.execute("ALTER ROLE marketing_ro NOLOGIN")
+    result = run_cli("db", "url", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "marketing_ro cannot log in yet" in result.stdout
+    assert "SEGMENTATION_MARKETING_PASSWORD" in result.stdout
+    set_marketing_password(db, "m4rketing-only")
+    lines = run_cli("db", "url", env=env).stdout.splitlines()
+    marketing = next(line for line in lines if line.startswith("marketing (read-only):"))
+    assert "-U marketing_ro" in marketing and "psql" in marketing
+    assert any(line.startswith("owner (ops):") and "psql" in line for line in lines)

@@ -34,7 +34,7 @@ def test_an_unreachable_configured_server_stops_the_run_with_one_line(tmp_path: 
 
 def test_the_demos_closing_commands_work_as_printed(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from segmentation.cli import next_steps
+    from segmentation.cli.demo import next_steps
 
     venv_bin = Path(sys.executable).parent
     exe = venv_bin / "segmentation"
@@ -45,10 +45,15 @@ def test_the_demos_closing_commands_work_as_printed(tmp_path: Path,
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
     lines = next_steps("http://127.0.0.1:4321/api")
-    assert lines[-1].split()[3] == "http://127.0.0.1:4321/runs"
-    for line in lines[:2]:
-        command = line.split(":", 1)[1].split("(")[0].split()
+    said = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in lines if ":" in line}
+    assert said["see the runs"].split()[0] == "http://127.0.0.1:4321/runs"
+    for what in ("open the app", "query it"):
+        command = said[what].split("(")[0].split()
+        assert "--demo" in command  # the demo's own database, never the user's
         shown = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True,
                                timeout=60, env={**os.environ, "PATH": "/usr/bin:/bin"})
-        assert shown.returncode == 0, (line, shown.stderr)
-    assert next_steps("")[-1].startswith("query it:")  # no kept server: no UI line
+        assert shown.returncode == 0, (what, shown.stderr)
+    own = [step.split() for step in said["your own data"].split("&&")]
+    assert [s[1:] for s in own] == [["ingest", "FILE.csv"], ["train"], ["nightly"]]
+    assert all("--demo" not in s for s in own)
+    assert "see the runs" not in "".join(next_steps(""))  # no kept server: no UI line

@@ -66,3 +66,17 @@ def test_segment_for_matches_python_on_every_real_row(db: str, real_data: Path,
     assert len(in_sql) == 8_950
     mismatches = [cid for cid, seg in expected.items() if in_sql[cid] != seg]
     assert mismatches == []
+
+
+def test_segment_name_takes_the_integers_marketing_types(
+        db: str, marketing: psycopg.Connection, trained, models_dir: Path,
+        synthetic_csv: Path) -> None:
+    from tests.helpers import register_champion
+
+    load_batch(db, synthetic_csv)
+    register_champion(db, trained, models_dir, "m-name-int")
+    names = dict(query(db, "SELECT segment_id, segment_name FROM segment_names"
+                           " WHERE model_version = 'm-name-int'"))
+    assert marketing.execute("SELECT segment_name(2)").fetchone() == (names[2],)
+    assert marketing.execute("SELECT segment_name(2::smallint)").fetchone() == (names[2],)
+    assert marketing.execute("SELECT segment_name(70000)").fetchone() == (None,)  # no segment

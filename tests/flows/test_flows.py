@@ -227,3 +227,41 @@ def test_a_champion_from_an_earlier_release_does_not_block_the_retrain(
         == [(old,)]
     forced = retrain(k=4, force=True)
     assert ": champion;" in forced
+
+
+def test_a_flow_run_ends_with_its_summary_and_a_readable_report(
+        flow_env: str, synthetic_csv: Path) -> None:
+    import warnings
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowFilter,
+        FlowFilterName,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.nightly_scoring import nightly
+    from flows.retrain import retrain
+
+    load_batch(flow_env, synthetic_csv)
+    retrain(k=4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        summary = nightly()
+    assert not [w for w in seen if "SQLDatasource" in str(w.message)]  # GX's, not for ops
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"])),
+                                    sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["scoring-report"])))[0]
+    # the run's last log line is "Finished in state Completed('<its summary>')"
+    assert run.state is not None and run.state.message
+    assert summary.splitlines()[0] in run.state.message
+    text = str(report.data)
+    assert "| new (scored for the first time) | 5,000 |" in text
+    assert "## Published segments" in text and "segment_counts" not in text
+    names = query(flow_env, "SELECT segment_name FROM segment_names n JOIN model_versions m"
+                            " ON m.version = n.model_version AND m.status = 'champion'")
+    assert all(name in text for (name,) in names)

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from segmentation import publishing, reading, rebuild, runs, scoring, validation
+from segmentation import drift, publishing, reading, rebuild, runs, scoring
 from segmentation.db import connection, conninfo
 from segmentation.errors import RunLocked, SegmentationError
 from tests.helpers import (
@@ -135,11 +135,11 @@ def test_bulk_run_swaps_the_table_and_a_small_one_updates_rows(db: str, champion
                                " GROUP BY 1 ORDER BY 1"))
     assert first.segment_counts == published and len(published) > 1
     with connection(db) as conn:
-        counted = validation.segment_mix_psi(conn, first.segment_counts)
-        assert counted is not None and counted == pytest.approx(validation.segment_mix_psi(conn))
+        counted = drift.segment_mix_psi(conn, first.segment_counts)
+        assert counted is not None and counted == pytest.approx(drift.segment_mix_psi(conn))
         # a result that went through JSON (a Prefect result store) reads the same
         as_json = {str(k): v for k, v in first.segment_counts.items()}
-        assert validation.segment_mix_psi(conn, as_json) == counted
+        assert drift.segment_mix_psi(conn, as_json) == counted
     other = register_copy(db, champion, "m-score-2", champion.label_to_segment[::-1])
     retrained = scoring.score_customers(db, other, mode="incremental")
     assert (retrained.published_by, retrained.rows_in, retrained.rows_changed,

@@ -9,11 +9,12 @@ import pytest
 from segmentation import registry, scoring
 from segmentation.contract import contract_rules
 from segmentation.db import connection
+from segmentation.drift import feature_psi, psi
 from segmentation.errors import IngestError, ValidationFailed
 from segmentation.features import ORIGINAL_HEADERS
 from segmentation.ingest import ingest_csv
 from segmentation.reports import scoring_summary
-from segmentation.validation import feature_psi, psi, validate_batch
+from segmentation.validation import validate_batch
 from tests.helpers import load_batch, query, register_champion, snapshot_segments
 
 ROW = "C1,40.9,0.81,95.4,0,95.4,0,0.16,0,0.08,0,0,2,1000,201.8,139.5,0,12"
@@ -151,7 +152,7 @@ def test_unvalidated_batch_is_left_for_the_next_run(db: str, scored, tmp_path: P
     ingest_csv(db, write(tmp_path, HEADER + "\n" + "\n".join(rows(5)) + "\n"))
     model = dataclasses.replace(trained.model, version="m-val-1")
     result = scoring.score_customers(db, model)
-    assert result.batches_waiting == 1 and "1 batch(es) landed but not validated yet" in \
+    assert result.batches_waiting == 1 and "1 batch landed but not validated yet" in \
         scoring_summary(result)
     assert snapshot_segments(db) == scored
 

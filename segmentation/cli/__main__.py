@@ -1,0 +1,5 @@
+"""`python -m segmentation.cli`, as the console script."""
+
+from segmentation.cli.main import main
+
+main()
