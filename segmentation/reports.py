@@ -30,6 +30,9 @@ def retrain_summary(result: TrainingResult, status: str,
     for seg in sorted(result.model.names):
         lines.append(f"  segment {seg}: {names[seg]} ({result.sizes.get(seg, 0):,})"
                      f" - {result.model.profiles[seg]}")
+    if status != "champion":  # what ops do next, if they judge it better all the same
+        lines.append(f"to make it the champion all the same: `segmentation models promote "
+                     f"{result.model.version}` (the next night rescores everyone with it)")
     return "\n".join(lines)
 
 

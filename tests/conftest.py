@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from segmentation.config import DEMO_SUFFIX
 from segmentation.db import apply_migrations, conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,8 +127,9 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
+            for database in (name, f"{name}{DEMO_SUFFIX}"):  # and the demo's, if one ran
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                             .format(sql.Identifier(database)))
 
 
 def truncate_all(url: str) -> None:

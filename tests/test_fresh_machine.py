@@ -57,3 +57,44 @@ def test_the_demos_closing_commands_work_as_printed(tmp_path: Path,
     assert [s[1:] for s in own] == [["ingest", "FILE.csv"], ["train"], ["nightly"]]
     assert all("--demo" not in s for s in own)
     assert "see the runs" not in "".join(next_steps(""))  # no kept server: no UI line
+
+
+@pytest.mark.slow
+def test_from_the_demo_to_your_own_data_every_step_exits_0(
+        db: str, real_data: Path, prefect_api: str, tmp_path: Path) -> None:
+    """The README's "Your own data", after `make demo`: the user's database holds the
+    user's customers only, scored by a model trained on them."""
+    from tests.helpers import query, run_cli
+
+    env = {**os.environ, "SEGMENTATION_DATABASE_URL": db, "PREFECT_API_URL": prefect_api,
+           "SEGMENTATION_HOME": str(tmp_path / "home")}
+    env.pop("SEGMENTATION_MODELS_DIR", None)
+    demo = run_cli("demo", "--rows", "2000", env=env)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    for step in (["ingest", str(real_data)], ["train"], ["nightly"]):
+        done = run_cli(*step, env=env)
+        assert done.returncode == 0, (step, done.stdout[-1500:], done.stderr[-1500:])
+    ids = {i for (i,) in query(db, "SELECT customer_id FROM customers")}
+    assert len(ids) == 8_950 and all(i.startswith("C1") for i in ids)  # CC GENERAL's ids
+    assert query(db, "SELECT count(*), count(DISTINCT model_version) FROM customer_segments") \
+        == [(8_950, 1)]
+    assert query(db, "SELECT training_rows FROM (SELECT (metrics->>'training_rows')::int AS"
+                     " training_rows FROM model_versions WHERE status = 'champion') m") \
+        == [(8_950,)]
+    demo_db = make_demo_url(db)
+    assert query(demo_db, "SELECT count(*) FROM customers") == [(2_000,)]
+    shown = run_cli("--demo", "db", "url", env=env)
+    assert f"{make_url_database(db)}_demo" in shown.stdout  # its commands point there
+
+
+def make_demo_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_demo").render_as_string(hide_password=False)
+
+
+def make_url_database(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).database)

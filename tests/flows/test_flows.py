@@ -48,6 +48,15 @@ def test_changed_k_stays_challenger_and_says_why(flow_env: str, synthetic_csv: P
     summary = retrain(k=6)
     assert ": challenger;" in summary and "k changed from 4 to 6" in summary
     assert query(flow_env, "SELECT k FROM model_versions WHERE status = 'champion'") == [(4,)]
+    # it ends with what to run to promote it anyway, and that command does
+    command = summary.splitlines()[-1].split("`")[1].split()
+    assert command[:3] == ["segmentation", "models", "promote"]
+    from segmentation.db import connection
+    from segmentation.registry import promote
+
+    with connection(flow_env) as conn:
+        promote(conn, command[3], reason="test", changed_by="test")
+    assert query(flow_env, "SELECT k FROM model_versions WHERE status = 'champion'") == [(6,)]
 
 
 def test_artifacts_have_stable_keys(flow_env: str, synthetic_csv: Path) -> None:
