@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
+from segmentation.accepting import lock_accepts
 from segmentation.errors import SegmentationError
-from segmentation.ingest import lock_accepts
 from segmentation.rebuild import drop_tables, unattached_builds
 from segmentation.runs import acquire_run_lock
 from segmentation.summaries import subtract_erased

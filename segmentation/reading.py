@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg import sql
 
+from segmentation.accepting import ACCEPT_LOCK
 from segmentation.errors import SegmentationError
 from segmentation.features import COLUMNS, FEATURES, ID_COLUMN
-from segmentation.ingest import ACCEPT_LOCK
 from segmentation.runs import Mode
 
 Progress = Callable[[int, float], None]
@@ -88,6 +88,14 @@ def packed_features(alias: str = "c") -> sql.Composed:
         for name in FEATURES), sql.Identifier(PACKED))
 
 
+def in_partition(part: int, parts: int) -> sql.Composed:
+    """Customers c of hash partition (part, parts): PostgreSQL's own hash partitioning of
+    segment_assignments, the one meaning of "partition i" for staging and for builds, so a
+    partition's customers are those of partition i of an n-partition published table."""
+    return sql.SQL("satisfies_hash_partition('segment_assignments'::regclass, {}, {},"
+                   " c.customer_id)").format(sql.Literal(parts), sql.Literal(part))
+
+
 def select_customers(mode: Mode, model_version: str,
                      partition: tuple[int, int] | None = None,
                      since: datetime | None = None) -> sql.Composed:
@@ -105,9 +113,7 @@ def select_customers(mode: Mode, model_version: str,
         if since is not None:
             where.append(sql.SQL("c.loaded_at > {}").format(sql.Literal(since)))
     if partition is not None:
-        part, parts = partition
-        where.append(sql.SQL("(hashtext(c.customer_id) & 2147483647) % {} = {}").format(
-            sql.Literal(parts), sql.Literal(part)))
+        where.append(in_partition(*partition))
     query = sql.SQL("SELECT {} FROM {}").format(columns, source)
     if where:
         query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))

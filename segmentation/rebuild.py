@@ -20,8 +20,8 @@ from psycopg import sql
 
 from segmentation.db import connection, merge_joins
 from segmentation.features import ID_COLUMN
-from segmentation.reading import packed_features
-from segmentation.runs import ScoreResult
+from segmentation.reading import in_partition, packed_features
+from segmentation.runs import ScoreResult, last_succeeded
 
 BUILD_PREFIX = "segment_assignments_build_"
 # Readers holding the published table longer than this at the swap: undo the swap and
@@ -39,13 +39,8 @@ def wants_rebuild(conn: psycopg.Connection, model_version: str) -> bool:
     """Rebuild when every published row will be rewritten: the table is empty, or its rows
     were scored by another model (a new champion, or a rollback: everyone is rescored).
     Other nights, full or incremental, write only the rows that changed."""
-    row = conn.execute(
-        "SELECT NOT EXISTS (SELECT FROM segment_assignments),"
-        " (SELECT model_version FROM scoring_runs WHERE status = 'succeeded'"
-        "  ORDER BY started_at DESC LIMIT 1)").fetchone()
-    assert row is not None
-    empty, last_model = row
-    return bool(empty) or (last_model is not None and last_model != model_version)
+    last = last_succeeded(conn)
+    return is_empty(conn) or (last is not None and last.model_version != model_version)
 
 
 def is_empty(conn: psycopg.Connection) -> bool:
@@ -101,10 +96,7 @@ def select_for_build(model_version: str, carry: bool,
     else:
         query = sql.SQL("SELECT {} FROM customers c").format(columns)
     if partition is not None:
-        part, parts = partition
-        query = sql.SQL("{} WHERE satisfies_hash_partition('segment_assignments'::regclass,"
-                        " {}, {}, c.customer_id)").format(query, sql.Literal(parts),
-                                                          sql.Literal(part))
+        query = sql.SQL("{} WHERE {}").format(query, in_partition(*partition))
     return query
 
 

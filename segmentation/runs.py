@@ -180,11 +180,28 @@ def require_hold(conn: psycopg.Connection, hold: RunHold) -> None:
                                 "ended or lost its connection): not writing; run it again")
 
 
+@dataclass(frozen=True)
+class LastRun:
+    """The run that published last."""
+
+    run_id: str
+    model_version: str
+    started_at: datetime
+
+
+def last_succeeded(conn: psycopg.Connection) -> LastRun | None:
+    """The run that published last: the published rows are its (or older). Runs publish one
+    at a time and take their start under the run lock, so this is also the latest start."""
+    row = conn.execute("SELECT run_id::text, model_version, started_at FROM scoring_runs"
+                       " WHERE status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"
+                       ).fetchone()
+    return LastRun(str(row[0]), str(row[1]), row[2]) if row else None
+
+
 def last_published_run(conn: psycopg.Connection) -> str | None:
-    """The run that published last (the published rows are its, or older)."""
-    row = conn.execute("SELECT run_id::text FROM scoring_runs WHERE status = 'succeeded'"
-                       " ORDER BY finished_at DESC LIMIT 1").fetchone()
-    return str(row[0]) if row else None
+    """The id of the run that published last."""
+    last = last_succeeded(conn)
+    return last.run_id if last else None
 
 
 def refuse_stale(conn: psycopg.Connection, start: RunStart) -> None:
@@ -226,12 +243,8 @@ def refuse_erased_since(conn: psycopg.Connection, snapshot_at: datetime) -> None
 def incremental_since(conn: psycopg.Connection, model_version: str) -> datetime | None:
     """Start of the last successful run with this model: every customer accepted before
     that moment was seen by that run (see reading.open_snapshot). None: scan everyone."""
-    row = conn.execute("SELECT started_at, model_version FROM scoring_runs WHERE status ="
-                       " 'succeeded' ORDER BY started_at DESC LIMIT 1").fetchone()
-    if row is None or row[1] != model_version:
-        return None
-    since: datetime = row[0]
-    return since
+    last = last_succeeded(conn)
+    return last.started_at if last and last.model_version == model_version else None
 
 
 def succeeded_run(conn: psycopg.Connection, run_id: str) -> ScoreResult | None:

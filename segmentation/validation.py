@@ -25,11 +25,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
+from segmentation.accepting import accept_batch, drop_erased, lock_accepts, quarantine_rows
 from segmentation.contract import DERIVED, Rule, contract_rules, describe, format_value, violation
 from segmentation.db import connect, connection, is_transient_text, require_schema
 from segmentation.drift import MIN_DRIFT_ROWS, PSI_BANDS, drift_warnings, feature_psi, psi_band
 from segmentation.errors import BatchBusy, DatabaseUnavailable, SegmentationError
-from segmentation.ingest import accept_batch, drop_erased, lock_accepts
 from segmentation.progress import Update
 
 EXAMPLES = 3
@@ -99,7 +99,8 @@ class ValidationReport:
         label = "quarantined by" if self.success else "row rule broken:"
         lines += [f"  {label} {o.line(examples)}" for o in self.outcomes
                   if o.rule.tier == "row" and not o.success]
-        lines += [f"  warning: {shown.get(w, w)}" for w in self.warnings]
+        lines += [f"  warning: {shown.get(w, w).removeprefix('[warning] ')}"  # said once
+                  for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -226,24 +227,6 @@ def _interpret(rules: list[Rule], raw: list[dict[str, Any]]) -> list[RuleOutcome
     return outcomes
 
 
-def _quarantine(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutcome]) -> int:
-    """Insert each broken row once, with every row rule it broke; returns the count."""
-    broken: dict[str, list[str]] = {}
-    for outcome in outcomes:
-        if outcome.rule.tier == "row" and not outcome.success:
-            for cid in outcome.ids:
-                broken.setdefault(cid, []).append(describe(outcome.rule))
-    if not broken:
-        return 0
-    return conn.execute(  # the rows still landed: an erased customer's are gone
-        "INSERT INTO customers_quarantine (customer_id, batch_id, raw, rules)"
-        " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at',"
-        "  ARRAY(SELECT jsonb_array_elements_text(r.value))"
-        " FROM jsonb_each(%s::jsonb) r JOIN customers_incoming i"
-        "  ON i.customer_id = r.key AND i.batch_id = %s",
-        (Json(broken), batch_id)).rowcount
-
-
 @contextmanager
 def batch_lock(url: str, batch_id: str, wait_s: float) -> Iterator[None]:
     """Hold the batch's validation lock for the block: a second validation of the same batch
@@ -358,7 +341,7 @@ def _validate_locked(url: str, batch_id: str, max_quarantine_share: float,
         erased = int(erased_row[0]) if erased_row else 0
         quarantined = 0
         if worst <= allowed and not failures:  # every id list is complete
-            quarantined = _quarantine(conn, batch_id, outcomes)
+            quarantined = quarantine_rows(conn, batch_id, outcomes)
         broken = max(worst, quarantined)
         if broken > allowed:
             failures.append(f"at least {broken:,} of {rows_in:,} rows ({broken / rows_in:.1%}) "

@@ -71,7 +71,7 @@ def test_acceptance_on_the_real_file(db: str, real_data: Path, tmp_path: Path,
         assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
         if args[0] == "ingest":  # issue #3: the real file validates, warnings listed
             assert "8,950 accepted, 0 quarantined" in result.stdout
-            assert "warning: [warning] cash_advance_frequency outside [0, 1]: 8 row(s)" \
+            assert "warning: cash_advance_frequency outside [0, 1]: 8 row(s)" \
                 in result.stdout
     assert query(db, "SELECT count(*), count(DISTINCT segment_id) FROM customer_segments") \
         == [(8_950, 4)]

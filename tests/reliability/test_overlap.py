@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from segmentation import privacy, scoring
+from segmentation.accepting import ACCEPT_LOCK
 from segmentation.db import connection
 from segmentation.errors import RunLocked, SegmentationError, ValidationFailed
-from segmentation.ingest import ACCEPT_LOCK, ingest_csv
+from segmentation.ingest import ingest_csv
 from segmentation.validation import validate_batch
 from tests.helpers import (
     assert_history_is_a_chain,

@@ -364,7 +364,7 @@ def test_incomplete_partitioned_run_is_not_published(db: str, champion) -> None:
 def test_snapshot_waits_for_an_accept_in_flight(db: str, champion) -> None:
     """The incremental watermark is safe: a scoring snapshot never starts while rows are
     being accepted into customers, so it sees them or they are stamped after the run."""
-    from segmentation.ingest import ACCEPT_LOCK
+    from segmentation.accepting import ACCEPT_LOCK
 
     accept = psycopg.connect(conninfo(db))
     accept.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))

@@ -1,0 +1,120 @@
+"""After validation: the broken rows go to the quarantine with every rule they broke, the
+rest are accepted into `customers` (only the new and changed ones are written), all under
+the accept lock that erasures and scoring snapshots respect; erased customers' rows are
+dropped on the way, whichever step meets them first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Json
+
+from segmentation.contract import describe
+from segmentation.db import merge_joins
+from segmentation.features import FEATURES
+
+if TYPE_CHECKING:
+    from segmentation.validation import RuleOutcome
+
+ACCEPT_LOCK = 7_421_003  # advisory lock: accepting rows into customers vs scoring snapshots
+
+
+def lock_accepts(conn: psycopg.Connection) -> None:
+    """Hold off every accept into customers until this transaction ends (an erasure, and a
+    validation from its quarantine to its accept; scoring snapshots wait for it too)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
+
+
+def drop_erased(conn: psycopg.Connection, table: str, batch_id: str | None = None) -> int:
+    """Delete the rows of erased customers from a landing table, or from one batch of
+    customers_incoming; returns how many. Free while nobody was ever erased."""
+    row = conn.execute("SELECT EXISTS (SELECT FROM erased_customers)").fetchone()
+    if not row or not row[0]:
+        return 0
+    batch = sql.SQL(" AND t.batch_id = %(batch)s") if batch_id else sql.SQL("")
+    # erased_id_hash() spelled out as a join: the function, called once a row, would look
+    # the key up once a row (it cannot be inlined), and a landing has millions of rows
+    return conn.execute(sql.SQL(
+        "DELETE FROM {} t USING erasure_key k, erased_customers e"
+        " WHERE e.id_hash = sha256(k.key || convert_to(t.customer_id, 'UTF8')){}").format(
+        sql.Identifier(table), batch), {"batch": batch_id}).rowcount
+
+
+def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
+    """Move a validated batch's non-quarantined rows into customers (changed rows only).
+
+    Returns (inserted, updated); unchanged rows keep their earlier batch and loaded_at.
+    """
+    # Scoring takes its snapshot holding ACCEPT_LOCK (shared): rows stamped after this
+    # lock are newer than any run that could not see them (the incremental watermark).
+    lock_accepts(conn)
+    features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
+    incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
+    current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
+    # One join finds the new and the changed rows; then plain UPDATE and INSERT of just
+    # those, so an unchanged row is compared once and never written. Both sides are
+    # indexed by customer_id, so the join is a merge in key order: a hash join spills once
+    # customers outgrows work_mem. Sorts off too: the planner prices the batch's index
+    # scan above a sort of the whole batch, which spills to disk and takes longer than the
+    # join itself. The quarantine (at most the allowed share of the batch) is taken out of
+    # the changes afterwards, not probed once per incoming row.
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    conn.execute("SET LOCAL enable_sort = off")
+    with merge_joins(conn):
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE accept_changes ON COMMIT DROP AS"
+            " SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
+            " FROM customers_incoming i LEFT JOIN customers c ON c.customer_id = i.customer_id"
+            " WHERE i.batch_id = %(batch)s"
+            " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
+                incoming=incoming, current=current), {"batch": batch_id})
+    conn.execute("SET LOCAL enable_sort TO DEFAULT")
+    conn.execute("DELETE FROM accept_changes a USING customers_quarantine q"
+                 " WHERE q.batch_id = %s AND q.customer_id = a.customer_id", (batch_id,))
+    conn.execute("ANALYZE accept_changes")  # few changes: index probes, not a hash join
+    updated = conn.execute(sql.SQL(
+        "UPDATE customers c SET ({features}, batch_id, loaded_at) = ({incoming}, %(batch)s,"
+        " statement_timestamp()) FROM accept_changes i"
+        " WHERE NOT i.is_new AND i.customer_id = c.customer_id").format(
+            features=features, incoming=incoming), {"batch": batch_id}).rowcount
+    inserted = conn.execute(sql.SQL(
+        "INSERT INTO customers (customer_id, {features}, batch_id, loaded_at)"
+        " SELECT i.customer_id, {incoming}, %(batch)s, statement_timestamp()"
+        " FROM accept_changes i WHERE i.is_new").format(
+            features=features, incoming=incoming), {"batch": batch_id}).rowcount
+    # The landed rows are done with. Alone in the table: TRUNCATE (instant) instead of a
+    # DELETE of every row; the lock first, so no other batch can land in between.
+    conn.execute("LOCK TABLE customers_incoming IN ACCESS EXCLUSIVE MODE")
+    others = conn.execute(  # two key ranges, not a scan of this batch's rows
+        "SELECT EXISTS (SELECT 1 FROM customers_incoming WHERE batch_id < %(b)s)"
+        " OR EXISTS (SELECT 1 FROM customers_incoming WHERE batch_id > %(b)s)",
+        {"b": batch_id}).fetchone()
+    if others and others[0]:
+        conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+    else:
+        conn.execute("TRUNCATE customers_incoming")
+    # fresh statistics: tonight's incremental run plans "loaded since" as an index range
+    conn.execute("ANALYZE customers")
+    conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
+                 " WHERE batch_id = %s", (inserted, updated, batch_id))
+    return inserted, updated
+
+
+def quarantine_rows(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutcome]) -> int:
+    """Insert each broken row once, with every row rule it broke; returns the count."""
+    broken: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.rule.tier == "row" and not outcome.success:
+            for cid in outcome.ids:
+                broken.setdefault(cid, []).append(describe(outcome.rule))
+    if not broken:
+        return 0
+    return conn.execute(  # the rows still landed: an erased customer's are gone
+        "INSERT INTO customers_quarantine (customer_id, batch_id, raw, rules)"
+        " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at',"
+        "  ARRAY(SELECT jsonb_array_elements_text(r.value))"
+        " FROM jsonb_each(%s::jsonb) r JOIN customers_incoming i"
+        "  ON i.customer_id = r.key AND i.batch_id = %s",
+        (Json(broken), batch_id)).rowcount
