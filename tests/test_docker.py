@@ -45,6 +45,11 @@ def test_one_locked_build_for_every_service() -> None:
     assert lock.count("--hash=sha256:") >= lock.count("==")
     makefile = (ROOT / "Makefile").read_text()
     assert "--require-hashes -r requirements-dev.lock" in makefile
+    # without uv on PATH, uv itself is installed first, pinned and hash-checked as well
+    assert "pip install --quiet --require-hashes -r requirements-bootstrap.lock" in makefile
+    bootstrap = (ROOT / "requirements-bootstrap.lock").read_text()
+    pins = [line for line in bootstrap.splitlines() if "==" in line and "#" not in line]
+    assert [p.split("==")[0] for p in pins] == ["uv"] and bootstrap.count("--hash=sha256:") > 1
 
 
 def test_dockerfile_copies_what_the_package_needs() -> None:
