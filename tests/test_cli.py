@@ -329,3 +329,11 @@ def test_db_url_says_how_ops_and_marketing_log_in(db: str, tmp_path: Path) -> No
     marketing = next(line for line in lines if line.startswith("marketing (read-only):"))
     assert "-U marketing_ro" in marketing and "psql" in marketing
     assert any(line.startswith("owner (ops):") and "psql" in line for line in lines)
+
+
+def test_a_one_row_file_is_one_row(db: str, synthetic_csv: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(synthetic_csv.read_text().splitlines()[:2]) + "\n")
+    result = run_cli("ingest", str(one), "--no-validate", env=cli_env(db, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert ": loaded 1 row\n" in result.stdout  # not "1 rows"
