@@ -74,8 +74,7 @@ def build(url: str, rows: int, folder: Path, csv: Path | None = None) -> None:
     validate_batch(url, ingest_csv(url, path).batch_id)
     result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(), k=4,
                          k_range=range(0))
-    saved = registry.save_version(result.model, result.metrics, result.sizes,
-                                  folder / "models")
+    saved = registry.package_version(result.model, result.metrics, result.sizes)
     register_and_gate(url, saved, result, force=True)
     scoring.score_customers(url, result.model, mode="full")
 

@@ -81,7 +81,7 @@ def main() -> None:
         for version, mapping in (("m-ovl-a", trained.model.label_to_segment),
                                  ("m-ovl-b", trained.model.label_to_segment[::-1])):
             model = dataclasses.replace(trained.model, version=version, label_to_segment=mapping)
-            saved = registry.save_version(model, trained.metrics, trained.sizes, folder / "models")
+            saved = registry.package_version(model, trained.metrics, trained.sizes)
             with connection(url) as conn:
                 registry.register_version(conn, saved, model, trained.metrics, trained.sizes,
                                           None)

@@ -212,8 +212,8 @@ def promote_retrain(url: str, seed: int, champion: Any, models: Path) -> Any:
 
     retrained = train_model(load_training_frame(url, 200_000, seed), registry.new_version(),
                             k=4, k_range=range(0), random_state=seed, champion=champion)
-    register_and_gate(url, registry.save_version(retrained.model, retrained.metrics,
-                                                 retrained.sizes, models), retrained,
+    register_and_gate(url, registry.package_version(retrained.model, retrained.metrics,
+                                                 retrained.sizes), retrained,
                       force=True)
     return retrained.model
 
@@ -242,8 +242,7 @@ def main() -> None:
         validate_batch(url, ingest_csv(url, path).batch_id)
         result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(),
                              k=4, k_range=range(0))
-        saved = registry.save_version(result.model, result.metrics, result.sizes,
-                                      Path(tmp) / "models")
+        saved = registry.package_version(result.model, result.metrics, result.sizes)
         register_and_gate(url, saved, result, force=True)
         ingest_csv(url, path)  # tonight's batch: loaded, not yet validated
         with prefect_server(Path(tmp) / "prefect") as api:

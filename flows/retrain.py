@@ -48,11 +48,9 @@ def fit_model(df: pd.DataFrame, k: int | Literal["auto"], sample_size: int | Non
 
 
 @task(cache_policy=NO_CACHE)
-def save_model(result: training.TrainingResult, models_dir: str) -> registry.SavedVersion:
-    """Write the version folder atomically."""
-    from pathlib import Path
-
-    return registry.save_version(result.model, result.metrics, result.sizes, Path(models_dir))
+def package_model(result: training.TrainingResult) -> registry.SavedVersion:
+    """The version's files (model, rules, metadata), registered with it in one transaction."""
+    return registry.package_version(result.model, result.metrics, result.sizes)
 
 
 @db_task
@@ -80,7 +78,7 @@ def retrain(k: int | Literal["auto"] = 4, sample_size: int = 200_000,
     result = fit_model(frame, k, sample_size, settings.random_state, champion)
     if unusable:  # a gate like the others: ops decide with --force
         result.gate_failures.append(unusable)
-    saved = save_model(result, str(settings.models_path))
+    saved = package_model(result)
     status = register_model(saved, result, force)
     names = segment_names(saved.version)
     create_markdown_artifact(markdown=reports.retrain_markdown(result, status, names),

@@ -1,20 +1,21 @@
-"""Versioned models: a folder per version on disk, a row per version in PostgreSQL.
+"""Versioned models: a row per version in PostgreSQL, its files (the skops model, the
+rules, the metadata) as rows beside it, written in the same transaction.
 
-A version is written to a temporary folder and renamed into place only when complete, so
-a full disk or a permission error leaves the registry as it was.
-
-Loading a model must never run code, even for someone who can write the database (its
-path and sha256 live there): a model is saved with skops, whose loader rebuilds only an
-explicit list of types and executes nothing; it is read once, its sha256 checked on those
-same bytes, and only a folder inside the models folder is read at all. Pickles (the joblib
-files of earlier releases) are never opened.
+Any process with the database URL loads a version: a Dask worker on another host, the app,
+the flow. Loading a model must never run code, even for someone who can write the database
+(the bytes and their sha256 both live there, so the digest proves integrity, not origin):
+a model is saved with skops, whose loader rebuilds only an explicit list of types and
+executes nothing, and the bytes checked are the bytes loaded. Versions from before this
+release, kept in a folder, are imported by `segmentation db migrate`; until then they load
+from their folder, only if it lies inside the models folder. Pickles (the joblib files of
+earlier releases) are never opened. `models export` writes a version's files to a folder,
+`models import` registers a folder made elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from segmentation.errors import LegacyModel, ModelError, SegmentationError
 from segmentation.features import FEATURES
 
 MODEL_FILE = "model.skops"
+RULES_FILE = "rules.txt"
+METADATA_FILE = "metadata.json"
 LEGACY_FILE = "model.joblib"  # a pickle: never loaded
 # What a model file may hold beyond skops' own safe defaults (builtins, numpy arrays,
 # scikit-learn estimators): numpy dtypes and a fitted tree's node arrays.
@@ -69,64 +72,63 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 @dataclass(frozen=True)
 class SavedVersion:
-    """Where a version was written and the digest of its model file."""
+    """A version's files, ready to register: the skops model, the rules, the metadata."""
 
     version: str
-    path: Path
-    sha256: str
+    files: dict[str, bytes]
+
+    @property
+    def sha256(self) -> str:
+        """The digest of the model file (model_versions.sha256)."""
+        return sha256_bytes(self.files[MODEL_FILE])
 
 
-def save_version(model: SegmentationModel, metrics: dict[str, Any], sizes: dict[int, int],
-                 models_dir: Path) -> SavedVersion:
-    """Write model, rules and metadata to <models_dir>/<version>/, atomically."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    final = models_dir / model.version
-    if final.exists():
-        raise SegmentationError(f"model version {model.version} already exists at {final}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{model.version}-", dir=models_dir))
-    try:
-        import skops.io
+def package_version(model: SegmentationModel, metrics: dict[str, Any],
+                    sizes: dict[int, int]) -> SavedVersion:
+    """The version's files, in memory: the skops model, its rules and its metadata."""
+    import skops.io
 
-        skops.io.dump(model_payload(model), staging / MODEL_FILE)
-        from segmentation.tree import export_rules
+    from segmentation.tree import export_rules
 
-        (staging / "rules.txt").write_text(export_rules(model), encoding="utf-8")
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-        metadata = {
-            "version": model.version,
-            "created_at": datetime.now(UTC).isoformat(),
-            "python": platform.python_version(),
-            "sklearn": sklearn_version(),
-            "numpy": numpy_version(),
-            "features": list(FEATURES),
-            "k": model.k,
-            "names": {str(k): v for k, v in model.names.items()},
-            "sizes": {str(k): v for k, v in sizes.items()},
-            "metrics": metrics,
-            "sha256": files,
-        }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
-        for path in staging.iterdir():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-        staging.chmod(0o755)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return SavedVersion(model.version, final, files[MODEL_FILE])
+    files = {MODEL_FILE: skops.io.dumps(model_payload(model)),
+             RULES_FILE: export_rules(model).encode("utf-8")}
+    metadata = {
+        "version": model.version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "python": platform.python_version(),
+        "sklearn": sklearn_version(),
+        "numpy": numpy_version(),
+        "features": list(FEATURES),
+        "k": model.k,
+        "names": {str(k): v for k, v in model.names.items()},
+        "sizes": {str(k): v for k, v in sizes.items()},
+        "metrics": metrics,
+        "sha256": {name: sha256_bytes(data) for name, data in sorted(files.items())},
+    }
+    files[METADATA_FILE] = json.dumps(metadata, indent=2).encode("utf-8")
+    return SavedVersion(model.version, files)
 
 
 def register_version(conn: psycopg.Connection, saved: SavedVersion, model: SegmentationModel,
                      metrics: dict[str, Any], sizes: dict[int, int], reason: str | None) -> None:
-    """Insert the version (as challenger) and its segment profiles."""
+    """Insert the version (as challenger), its files and its segment profiles, in the
+    caller's transaction: a version is registered with its files or not at all."""
     conn.execute(
         "INSERT INTO model_versions (version, status, k, metrics, path, sha256, status_reason)"
-        " VALUES (%s, 'challenger', %s, %s, %s, %s, %s)",
-        (saved.version, model.k, Json(metrics), str(saved.path), saved.sha256, reason),
+        " VALUES (%s, 'challenger', %s, %s, NULL, %s, %s)",
+        (saved.version, model.k, Json(metrics), saved.sha256, reason),
     )
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO model_files (version, name, content, sha256)"
+                        " VALUES (%s, %s, %s, %s)",
+                        [(saved.version, name, data, sha256_bytes(data))
+                         for name, data in sorted(saved.files.items())])
     centres = model.centroids_original()
     scaler = model.pipeline.named_steps["scale"]
     total = sum(sizes.values()) or 1
@@ -291,8 +293,9 @@ def model_folder(stored: str, models_dir: Path, version: str) -> Path:
 
 def load_version(conn: psycopg.Connection, version: str | None = None,
                  models_dir: Path | None = None) -> SegmentationModel:
-    """Load a version (default: the champion), refusing tampered, foreign or incompatible
-    files. models_dir: where versions may live (default: the configured models folder)."""
+    """Load a version (default: the champion) from the database, refusing tampered, foreign
+    or incompatible files; a version from before model_files loads from its folder
+    (models_dir: where such folders may live; default: the configured models folder)."""
     if version is None:
         version = champion_version(conn)
         if version is None:
@@ -301,11 +304,47 @@ def load_version(conn: psycopg.Connection, version: str | None = None,
                        (version,)).fetchone()
     if row is None:
         raise ModelError(f"no model version {version!r}")
+    stored, expected = row
+    files: dict[str, bytes] = dict(conn.execute(
+        "SELECT name, content FROM model_files WHERE version = %s AND name IN (%s, %s)",
+        (version, MODEL_FILE, METADATA_FILE)).fetchall())
+    if files:
+        where = f"model {version} (in the database)"
+        data, metadata_bytes = files.get(MODEL_FILE), files.get(METADATA_FILE)
+        if data is None or metadata_bytes is None:
+            raise ModelError(f"{where}: its files are incomplete; refusing to load it")
+        data = bytes(data)  # one copy: the bytes checked are the bytes loaded
+    else:
+        where, data, metadata_bytes = read_folder_version(version, stored, models_dir)
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise ModelError(f"{where}: sha256 {actual[:12]}... does not match the registry "
+                         f"({expected[:12]}...); refusing to load a modified file")
+    try:
+        metadata = json.loads(bytes(metadata_bytes).decode("utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{where}: unreadable metadata.json ({exc})") from None
+    if metadata.get("sklearn") != sklearn_version():
+        raise ModelError(f"model {version} was saved with scikit-learn {metadata.get('sklearn')}"
+                         f", this environment has {sklearn_version()}; retrain it")
+    model = model_from_bytes(data, where)
+    if model.version != version:
+        raise ModelError(f"{where} holds model {model.version}; refusing it")
+    return model
+
+
+def read_folder_version(version: str, stored: str | None,
+                        models_dir: Path | None) -> tuple[str, bytes, bytes]:
+    """A version from before model_files: (where, model bytes, metadata bytes) read from its
+    folder, which must lie inside the models folder."""
+    if not stored:
+        raise ModelError(f"model {version}: no files in the database and no folder; "
+                         "refusing to load it")
     if models_dir is None:
         from segmentation.config import load_settings
 
         models_dir = load_settings().models_path
-    folder, expected = model_folder(row[0], models_dir, version), row[1]
+    folder = model_folder(stored, models_dir, version)
     path = folder / MODEL_FILE
     if not path.is_file():
         if (folder / LEGACY_FILE).is_file():
@@ -313,22 +352,85 @@ def load_version(conn: psycopg.Connection, version: str | None = None,
                               "never loaded (it could run code): retrain with "
                               "`segmentation train --force`")
         raise ModelError(f"model {version}: file {path} is missing")
-    data = path.read_bytes()  # read once: the bytes checked are the bytes loaded
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise ModelError(f"model {version}: {path} sha256 {actual[:12]}... does not match the "
-                         f"registry ({expected[:12]}...); refusing to load a modified file")
     try:
-        metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+        return f"model {version}: {path}", path.read_bytes(), \
+            (folder / METADATA_FILE).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model {version}: unreadable files in {folder} ({exc})") from None
+
+
+def import_folders(conn: psycopg.Connection, models_dir: Path) -> list[str]:
+    """Move the files of versions from before model_files into the database (their folder
+    inside models_dir, their model file's sha256 as registered); returns the versions
+    moved. A folder that is missing or does not match is left, and named, for ops."""
+    moved = []
+    rows = conn.execute("SELECT v.version, v.path, v.sha256 FROM model_versions v"
+                        " WHERE v.path IS NOT NULL AND NOT EXISTS"
+                        " (SELECT FROM model_files f WHERE f.version = v.version)").fetchall()
+    for version, stored, expected in rows:
+        folder = model_folder(stored, models_dir, version)
+        files = {name: (folder / name).read_bytes() for name in
+                 (MODEL_FILE, RULES_FILE, METADATA_FILE) if (folder / name).is_file()}
+        if MODEL_FILE not in files or METADATA_FILE not in files:
+            continue  # a pickle of an earlier release, or gone: load_version says which
+        if sha256_bytes(files[MODEL_FILE]) != expected:
+            raise ModelError(f"model {version}: {folder / MODEL_FILE} does not match the "
+                             "registry's sha256; not importing it")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO model_files (version, name, content, sha256)"
+                            " VALUES (%s, %s, %s, %s)",
+                            [(version, name, data, sha256_bytes(data))
+                             for name, data in sorted(files.items())])
+        moved.append(str(version))
+    return moved
+
+
+def export_version(conn: psycopg.Connection, version: str, directory: Path) -> Path:
+    """Write a version's files to <directory>/<version>/ (complete, or not at all)."""
+    rows = conn.execute("SELECT name, content FROM model_files WHERE version = %s",
+                        (version,)).fetchall()
+    if not rows:
+        raise SegmentationError(f"no model version {version!r} with files in the database")
+    final = directory / version
+    if final.exists():
+        raise SegmentationError(f"{final} already exists; export elsewhere")
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory))
+    try:
+        for name, content in rows:
+            (staging / name).write_bytes(bytes(content))
+        staging.chmod(0o755)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def import_version(conn: psycopg.Connection, folder: Path) -> str:
+    """Register a version exported (or made) elsewhere, as a challenger: its model is
+    loaded through the same checks first (trusted types, scikit-learn version)."""
+    try:
+        files = {name: (folder / name).read_bytes() for name in
+                 (MODEL_FILE, RULES_FILE, METADATA_FILE)}
+        metadata = json.loads(files[METADATA_FILE].decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model {version}: unreadable metadata.json ({exc})") from None
+        raise SegmentationError(f"{folder}: not an exported model version ({exc})") from None
+    if metadata.get("sha256", {}).get(MODEL_FILE) != sha256_bytes(files[MODEL_FILE]):
+        raise ModelError(f"{folder / MODEL_FILE} does not match its metadata's sha256; "
+                         "refusing to import it")
     if metadata.get("sklearn") != sklearn_version():
-        raise ModelError(f"model {version} was saved with scikit-learn {metadata.get('sklearn')}"
-                         f", this environment has {sklearn_version()}; retrain it")
-    model = model_from_bytes(data, f"model {version}: {path}")
-    if model.version != version:
-        raise ModelError(f"model {version}: {path} holds model {model.version}; refusing it")
-    return model
+        raise ModelError(f"{folder} was saved with scikit-learn {metadata.get('sklearn')}, "
+                         f"this environment has {sklearn_version()}; retrain instead")
+    model = model_from_bytes(files[MODEL_FILE], str(folder / MODEL_FILE))
+    if conn.execute("SELECT 1 FROM model_versions WHERE version = %s",
+                    (model.version,)).fetchone():
+        raise SegmentationError(f"model version {model.version} is already registered")
+    sizes = {int(k): int(v) for k, v in metadata.get("sizes", {}).items()}
+    with conn.transaction():
+        register_version(conn, SavedVersion(model.version, files), model,
+                         metadata.get("metrics", {}), sizes, f"imported from {folder}")
+    return model.version
 
 
 def champion_reference(conn: psycopg.Connection) -> dict[str, Any]:

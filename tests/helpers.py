@@ -115,7 +115,7 @@ def register_champion(url: str, trained, models_dir: Path, version: str):  # typ
     from segmentation.db import connection
 
     model = dataclasses.replace(trained.model, version=version)  # the fixture is shared
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    saved = registry.package_version(model, trained.metrics, trained.sizes)
     with connection(url) as conn:
         registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
         registry.promote(conn, version)

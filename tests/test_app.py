@@ -138,8 +138,10 @@ def test_an_unusable_model_is_named_not_blamed_on_the_database(scored_db: str,
                                                               models_dir: Path) -> None:
     """The champion's file is refused (here: an earlier release's pickle): the page says so,
     instead of calling the database unreachable."""
-    model = models_dir / "m-app-1" / "model.skops"
-    model.rename(model.with_name("model.joblib"))
+    from tests.segmentation.test_registry import as_earlier_release
+
+    folder = as_earlier_release(scored_db, "m-app-1", models_dir)
+    (folder / "model.skops").rename(folder / "model.joblib")
     at = run_app()  # the overview reads the run's summary: it needs no model file
     assert not at.error
     at.switch_page("views/predict.py").run()  # a prediction needs the model itself
@@ -235,7 +237,7 @@ def test_the_overview_shows_what_is_published_and_a_pending_rescore(
 
     flipped = dataclasses.replace(trained.model, version="m-app-2",
                                   names={k: f"New {v}" for k, v in trained.model.names.items()})
-    saved = registry.save_version(flipped, trained.metrics, trained.sizes, models_dir)
+    saved = registry.package_version(flipped, trained.metrics, trained.sizes)
     with connection(scored_db) as conn:
         registry.register_version(conn, saved, flipped, trained.metrics, trained.sizes, None)
         registry.promote(conn, "m-app-2")

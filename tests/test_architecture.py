@@ -14,8 +14,16 @@ LIBRARY = sorted(m.name for m in pkgutil.iter_modules(segmentation.__path__))
 
 def test_the_module_list_is_the_package() -> None:
     on_disk = {p.stem for p in (ROOT / "segmentation").glob("*.py") if p.stem != "__init__"}
+    on_disk |= {p.parent.name for p in (ROOT / "segmentation").glob("*/__init__.py")}
     assert set(LIBRARY) == on_disk and {"reading", "rebuild", "publishing", "runs",
-                                        "privacy", "drift"} <= set(LIBRARY)
+                                        "privacy", "drift", "accepting", "cli"} <= set(LIBRARY)
+
+
+def test_the_cli_is_one_module_per_verb_group() -> None:
+    groups = {p.stem for p in (ROOT / "segmentation" / "cli").glob("*.py")}
+    assert {"db", "data", "scoring", "models", "customers", "prefect", "app", "demo"} <= groups
+    for path in (ROOT / "segmentation" / "cli").glob("*.py"):
+        assert len(path.read_text().splitlines()) < 250, path  # one concern each
 
 
 def test_library_imports_no_orchestrator_ui_or_gx() -> None:

@@ -95,16 +95,18 @@ def test_tamper_rollback_and_rename_through_the_cli(db: str, synthetic_csv: Path
                                              " ORDER BY created_at")]
     assert query(db, "SELECT version FROM model_versions WHERE status = 'champion'") == [(second,)]
 
-    model_file = tmp_path / "models" / second / "model.skops"
-    original = model_file.read_bytes()
+    stored = "SELECT content FROM model_files WHERE version = %s AND name = 'model.skops'"
+    original = bytes(query(db, stored, (second,))[0][0])
     flipped = bytearray(original)
     flipped[100] ^= 0xFF
-    model_file.write_bytes(bytes(flipped))
+    set_model = ("UPDATE model_files SET content = %s WHERE version = %s"
+                 " AND name = 'model.skops' RETURNING 1")
+    query(db, set_model, (bytes(flipped), second))
     refused = run_cli("score", env=env)
     assert refused.returncode == 1
     assert "does not match the registry" in refused.stderr and "Traceback" not in refused.stderr
     assert query(db, "SELECT count(*) FROM customer_segments") == [(0,)]
-    model_file.write_bytes(original)
+    query(db, set_model, (original, second))
 
     rolled = run_cli("models", "rollback", env=env)
     assert rolled.returncode == 0 and first in rolled.stdout
@@ -248,7 +250,7 @@ def test_train_reports_once_and_rollback_walks_back(db: str, synthetic_csv: Path
 def test_planted_pickle_fails_the_run_with_one_line(db: str, trained, models_dir: Path,
                                                     synthetic_csv: Path, tmp_path: Path,
                                                     prefect_api: str) -> None:
-    """Through the database alone (path and digest), a pickle cannot run in the worker."""
+    """Through the database alone (bytes and digests), a pickle cannot run in the worker."""
     import hashlib
     import pickle
 
@@ -259,9 +261,11 @@ def test_planted_pickle_fails_the_run_with_one_line(db: str, trained, models_dir
     register_champion(db, trained, models_dir, "m-planted")
     marker = tmp_path / "code-ran"
     payload = pickle.dumps(RunsCode(marker))
-    (models_dir / "m-planted" / "model.skops").write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    query(db, "UPDATE model_files SET content = %s, sha256 = %s WHERE version = 'm-planted'"
+              " AND name = 'model.skops' RETURNING 1", (payload, digest))
     query(db, "UPDATE model_versions SET sha256 = %s WHERE version = 'm-planted' RETURNING 1",
-          (hashlib.sha256(payload).hexdigest(),))
+          (digest,))
     env = {**cli_env(db, tmp_path), "SEGMENTATION_MODELS_DIR": str(models_dir)}
     one_line_error(run_cli("score", env=env), "is not a model file written by this registry")
     assert not marker.exists()

@@ -36,8 +36,10 @@ def test_demo_on_the_embedded_default(tmp_path: Path, prefect_api: str) -> None:
         assert len({name for _, name, _ in segments}) == 4 and all(n for _, n, _ in segments)
         assert [seg for seg, _, _ in segments] == [0, 1, 2, 3]
         assert (tmp_path / ".segmentation" / "pgdata" / "PG_VERSION").exists()
-        again = run_cli("db", "url", env=env)
-        assert again.returncode == 0 and again.stdout.splitlines()[1].startswith("psql -h ")
+        again = run_cli("--demo", "db", "url", env=env)  # as the demo's last lines print it
+        owner = [line for line in again.stdout.splitlines() if line.startswith("owner (ops):")]
+        assert again.returncode == 0 and len(owner) == 1, again.stdout
+        assert "psql -h " in owner[0] and owner[0].endswith(" segmentation_demo")
     finally:
         stopped = run_cli("db", "stop", env=env)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout

@@ -23,6 +23,15 @@ def db_migrate() -> None:
     applied = apply_migrations(url)
     typer.echo(f"{mask_url(url)}: " + (f"applied {', '.join(applied)}" if applied
                                        else "schema up to date"))
+    from segmentation.db import connection
+    from segmentation.registry import import_folders
+
+    settings = current_settings()
+    with connection(url) as conn:  # versions of earlier releases: their files move in
+        moved = import_folders(conn, settings.models_path)
+    if moved:
+        typer.echo(f"moved the files of {len(moved)} model version(s) from "
+                   f"{settings.models_path} into the database: {', '.join(moved)}")
     from segmentation.db import APP_ROLE, set_role_password
 
     for role, variable in (("marketing_ro", "SEGMENTATION_MARKETING_PASSWORD"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -55,8 +56,6 @@ def models_list() -> None:
 @models_app.command("show")
 def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None:
     """One version's metrics, segments and rules (default: the champion)."""
-    from pathlib import Path as _Path
-
     from segmentation.db import connection
     from segmentation.registry import champion_version
 
@@ -64,8 +63,10 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None
         version = version or champion_version(conn)
         if version is None:
             raise SegmentationError("no champion model: run `segmentation train` first")
-        row = conn.execute("SELECT status, metrics, path FROM model_versions WHERE version = %s",
+        row = conn.execute("SELECT status, metrics FROM model_versions WHERE version = %s",
                            (version,)).fetchone()
+        rules = conn.execute("SELECT convert_from(content, 'UTF8') FROM model_files"
+                             " WHERE version = %s AND name = 'rules.txt'", (version,)).fetchone()
         if row is None:
             raise SegmentationError(f"no model version {version!r}")
         segments = conn.execute(
@@ -73,7 +74,7 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None
             " FROM segment_profiles p JOIN segment_names n ON n.model_version = p.version"
             " AND n.segment_id = p.segment_id WHERE p.version = %s ORDER BY p.segment_id",
             (version,)).fetchall()
-    status, metrics, path = row
+    status, metrics = row
     tree = metrics["tree"]
     typer.echo(f"model {version} ({status}), k={metrics['k']}, trained on "
                f"{metrics['sample_rows']:,} of {metrics['training_rows']:,} rows")
@@ -82,9 +83,38 @@ def models_show(version: Annotated[str | None, typer.Argument()] = None) -> None
                f"(depth {tree['depth']}, {tree['leaves']} leaves)")
     for seg, name, size, share, profile in segments:
         typer.echo(f"  {seg}  {name:<34} {size:>9,} {share:>6.1%}  {profile}")
-    rules = _Path(path) / "rules.txt"
-    if rules.exists():
-        typer.echo(f"rules: {rules}")
+    if rules:
+        typer.echo("rules:")
+        typer.echo(rules[0].rstrip())
+
+
+@models_app.command("export")
+def models_export(
+    version: Annotated[str, typer.Argument(help="The version to export.")],
+    directory: Annotated[Path, typer.Argument(help="Where its folder is written.")],
+) -> None:
+    """Write a version's files (model.skops, rules.txt, metadata.json) to DIRECTORY/VERSION."""
+    from segmentation.db import connection
+    from segmentation.registry import export_version
+
+    with connection(database_url()) as conn:
+        folder = export_version(conn, version, directory)
+    typer.echo(f"exported {version} to {folder}")
+
+
+@models_app.command("import")
+def models_import(
+    folder: Annotated[Path, typer.Argument(help="A folder `models export` wrote.")],
+) -> None:
+    """Register a version exported elsewhere, as a challenger (`models promote` it after);
+    its model is checked as every load is (trusted types only, same scikit-learn)."""
+    from segmentation.db import connection
+    from segmentation.registry import import_version
+
+    with connection(database_url()) as conn:
+        version = import_version(conn, folder)
+    typer.echo(f"imported {version} as a challenger: `segmentation models promote {version}` "
+               "makes it the champion")
 
 
 @models_app.command("promote")

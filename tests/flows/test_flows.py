@@ -228,8 +228,10 @@ def test_a_champion_from_an_earlier_release_does_not_block_the_retrain(
     load_batch(flow_env, synthetic_csv)
     retrain(k=4)
     (old,), = query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'")
-    skops = models_dir / old / "model.skops"
-    skops.rename(skops.with_name("model.joblib"))  # as an earlier release left it
+    from tests.segmentation.test_registry import as_earlier_release
+
+    folder = as_earlier_release(flow_env, old, models_dir)  # as an earlier release left it:
+    (folder / "model.skops").rename(folder / "model.joblib")  # a folder with a pickle
     held = retrain(k=4)
     assert ": challenger;" in held and "pickle from an earlier release" in held
     assert query(flow_env, "SELECT version FROM model_versions WHERE status = 'champion'") \

@@ -61,7 +61,7 @@ def test_two_scorings_and_a_retrain_at_once(db: str, trained, models_dir: Path,
     def retrain() -> None:
         result = train_model(synthetic_frame, registry.new_version(), k=4, k_range=range(0),
                              champion=model)
-        saved = registry.save_version(result.model, result.metrics, result.sizes, models_dir)
+        saved = registry.package_version(result.model, result.metrics, result.sizes)
         outcomes["retrain"] = register_and_gate(db, saved, result, force=True)
 
     others = [threading.Thread(target=attempt, args=("refused", False)),

@@ -64,8 +64,7 @@ def test_any_interleaving_keeps_the_published_table_true(database_url: str, trai
     for version, mapping in (("m-il-a", trained.model.label_to_segment),
                              ("m-il-b", trained.model.label_to_segment[::-1])):
         model = dataclasses.replace(trained.model, version=version, label_to_segment=mapping)
-        versions.append((model, registry.save_version(model, trained.metrics, trained.sizes,
-                                                      models_dir)))
+        versions.append((model, registry.package_version(model, trained.metrics, trained.sizes)))
 
     class Machine(RuleBasedStateMachine):
         @initialize()

@@ -573,7 +573,7 @@ def register_copy_of(db: str, model, version: str):  # type: ignore[no-untyped-d
         row = conn.execute("SELECT metrics FROM model_versions WHERE version = %s",
                            (model.version,)).fetchone()
     assert row is not None
-    saved = registry.save_version(other, row[0], {}, Path(os.environ["SEGMENTATION_MODELS_DIR"]))
+    saved = registry.package_version(other, row[0], {})
     with connection(db) as conn:
         registry.register_version(conn, saved, other, row[0], {}, None)
         registry.promote(conn, version)

@@ -1,4 +1,5 @@
-"""The registry: atomic versions on disk, tamper-evident loads, exactly one champion."""
+"""The registry: versions and their files in the database, tamper-evident loads, safe
+imports of earlier folders, exactly one champion."""
 
 import dataclasses
 import json
@@ -14,7 +15,7 @@ from tests.helpers import query
 
 def save_and_register(url: str, trained, models_dir: Path, version: str):
     model = dataclasses.replace(trained.model, version=version)  # the fixture is shared
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    saved = registry.package_version(model, trained.metrics, trained.sizes)
     with connection(url) as conn:
         registry.register_version(conn, saved, model, trained.metrics, trained.sizes, None)
     return saved
@@ -23,41 +24,58 @@ def save_and_register(url: str, trained, models_dir: Path, version: str):
 def test_round_trip_predicts_identically(db: str, trained, models_dir: Path,
                                          synthetic_frame) -> None:
     saved = save_and_register(db, trained, models_dir, "m-rt-1")
-    assert {p.name for p in saved.path.iterdir()} == {"model.skops", "rules.txt",
-                                                      "metadata.json"}
-    metadata = json.loads((saved.path / "metadata.json").read_text())
+    files = dict(query(db, "SELECT name, sha256 FROM model_files WHERE version = 'm-rt-1'"))
+    assert files.keys() == {"model.skops", "rules.txt", "metadata.json"}
+    assert files["model.skops"] == saved.sha256 == \
+        query(db, "SELECT sha256 FROM model_versions WHERE version = 'm-rt-1'")[0][0]
+    metadata = json.loads(saved.files["metadata.json"])
     assert metadata["sha256"]["model.skops"] == saved.sha256
     assert {"python", "sklearn", "numpy", "metrics"} <= metadata.keys()
+    assert not models_dir.exists() or not any(models_dir.iterdir())  # nothing on disk
     with connection(db) as conn:
-        loaded = registry.load_version(conn, "m-rt-1")
+        loaded = registry.load_version(conn, "m-rt-1", models_dir=Path("/nonexistent"))
     assert (loaded.predict(synthetic_frame) == trained.model.predict(synthetic_frame)).all()
     assert query(db, "SELECT count(*) FROM segment_profiles WHERE version = 'm-rt-1'") == [(4,)]
 
 
+def rewrite_file(url: str, version: str, name: str, change) -> None:  # type: ignore[no-untyped-def]
+    """Someone edits a stored file's bytes (not its registered digest)."""
+    data = bytes(query(url, "SELECT content FROM model_files WHERE version = %s AND name = %s",
+                       (version, name))[0][0])
+    with connection(url) as conn:
+        conn.execute("UPDATE model_files SET content = %s WHERE version = %s AND name = %s",
+                     (change(data), version, name))
+
+
 def test_one_flipped_byte_is_refused(db: str, trained, models_dir: Path) -> None:
-    saved = save_and_register(db, trained, models_dir, "m-flip")
-    path = saved.path / registry.MODEL_FILE
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    save_and_register(db, trained, models_dir, "m-flip")
+
+    def flip(data: bytes) -> bytes:
+        changed = bytearray(data)
+        changed[len(changed) // 2] ^= 0x01
+        return bytes(changed)
+
+    rewrite_file(db, "m-flip", registry.MODEL_FILE, flip)
     with connection(db) as conn, pytest.raises(ModelError, match="does not match the registry"):
         registry.load_version(conn, "m-flip")
 
 
 def test_truncated_model_file_is_refused(db: str, trained, models_dir: Path) -> None:
-    saved = save_and_register(db, trained, models_dir, "m-cut")
-    path = saved.path / registry.MODEL_FILE
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # a half-copied file
+    save_and_register(db, trained, models_dir, "m-cut")
+    rewrite_file(db, "m-cut", registry.MODEL_FILE, lambda data: data[: len(data) // 3])
     with connection(db) as conn, pytest.raises(ModelError, match="does not match the registry"):
         registry.load_version(conn, "m-cut")
 
 
 def test_other_sklearn_version_is_refused(db: str, trained, models_dir: Path) -> None:
-    saved = save_and_register(db, trained, models_dir, "m-skl")
-    meta_path = saved.path / "metadata.json"
-    metadata = json.loads(meta_path.read_text())
-    metadata["sklearn"] = "0.0.1"
-    meta_path.write_text(json.dumps(metadata))
+    save_and_register(db, trained, models_dir, "m-skl")
+
+    def older(data: bytes) -> bytes:
+        metadata = json.loads(data)
+        metadata["sklearn"] = "0.0.1"
+        return json.dumps(metadata).encode()
+
+    rewrite_file(db, "m-skl", "metadata.json", older)
     with connection(db) as conn, pytest.raises(ModelError, match="scikit-learn 0.0.1"):
         registry.load_version(conn, "m-skl")
 
@@ -77,18 +95,55 @@ def test_promote_and_rollback_keep_exactly_one_champion(db: str, trained,
         [("m-a", "champion"), ("m-b", "retired")]
 
 
-def test_failed_write_leaves_no_partial_version(trained, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    import segmentation.tree
-
-    monkeypatch.setattr(segmentation.tree, "export_rules", disk_full)  # imported when saving
+def test_a_failed_registration_leaves_no_partial_version(db: str, trained) -> None:
     model = dataclasses.replace(trained.model, version="m-full")
-    with pytest.raises(OSError, match="No space left"):
-        registry.save_version(model, trained.metrics, trained.sizes, tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    saved = registry.package_version(model, trained.metrics, trained.sizes)
+    broken = dataclasses.replace(saved, files={**saved.files, "not-a-file-name": b"x"})
+    with connection(db) as conn, pytest.raises(Exception, match="model_files_name_check"), \
+            conn.transaction():
+        registry.register_version(conn, broken, model, trained.metrics, trained.sizes, None)
+    assert query(db, "SELECT count(*) FROM model_versions") == [(0,)]  # neither the row
+    assert query(db, "SELECT count(*) FROM model_files") == [(0,)]  # nor any of its files
+
+
+def test_export_then_import_elsewhere_gives_the_same_model(db: str, trained, models_dir: Path,
+                                                          synthetic_frame, tmp_path: Path) -> None:
+    save_and_register(db, trained, models_dir, "m-travel")
+    with connection(db) as conn:
+        folder = registry.export_version(conn, "m-travel", tmp_path / "out")
+        with pytest.raises(SegmentationError, match="already exists"):
+            registry.export_version(conn, "m-travel", tmp_path / "out")
+    assert {p.name for p in folder.iterdir()} == {"model.skops", "rules.txt", "metadata.json"}
+    with connection(db) as conn:
+        with pytest.raises(SegmentationError, match="already registered"):
+            registry.import_version(conn, folder)
+        conn.execute("DELETE FROM model_versions WHERE version = 'm-travel'")
+    with connection(db) as conn:
+        assert registry.import_version(conn, folder) == "m-travel"
+        loaded = registry.load_version(conn, "m-travel")
+    assert (loaded.predict(synthetic_frame) == trained.model.predict(synthetic_frame)).all()
+    assert query(db, "SELECT status, status_reason LIKE 'imported from %%' FROM model_versions")\
+        == [("challenger", True)]
+
+
+def test_a_folder_from_an_earlier_release_moves_into_the_database(
+        db: str, trained, models_dir: Path, tmp_path: Path) -> None:
+    save_and_register(db, trained, models_dir, "m-old")
+    with connection(db) as conn:  # as an earlier release kept it: a folder, no file rows
+        folder = registry.export_version(conn, "m-old", models_dir)
+        conn.execute("DELETE FROM model_files WHERE version = 'm-old'")
+        conn.execute("UPDATE model_versions SET path = %s WHERE version = 'm-old'",
+                     (str(folder),))
+    with connection(db) as conn:
+        assert registry.load_version(conn, "m-old", models_dir).version == "m-old"  # as before
+        assert registry.import_folders(conn, models_dir) == ["m-old"]
+        assert registry.import_folders(conn, models_dir) == []  # once
+    assert query(db, "SELECT count(*) FROM model_files WHERE version = 'm-old'") == [(3,)]
+    import shutil
+
+    shutil.rmtree(folder)
+    with connection(db) as conn:  # the folder is no longer needed
+        assert registry.load_version(conn, "m-old", models_dir).version == "m-old"
 
 
 def register_flipped(url: str, trained, models_dir: Path, version: str, flip: bool) -> None:
@@ -97,7 +152,7 @@ def register_flipped(url: str, trained, models_dir: Path, version: str, flip: bo
     model = dataclasses.replace(trained.model, version=version,
                                 label_to_segment=trained.model.label_to_segment[::-1]
                                 if flip else trained.model.label_to_segment)
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    saved = registry.package_version(model, trained.metrics, trained.sizes)
     with connection(url) as conn:
         registry.register_version(conn, saved, model, trained.metrics, trained.sizes,
                                   f"gates note of {version}")
@@ -163,7 +218,7 @@ def test_segment_for_follows_every_champion_change(db: str, trained, models_dir:
     # a gated retrain that promotes: the same transaction installs its function
     model = dataclasses.replace(trained.model, version="m-gated",
                                 label_to_segment=trained.model.label_to_segment[::-1])
-    saved = registry.save_version(model, trained.metrics, trained.sizes, models_dir)
+    saved = registry.package_version(model, trained.metrics, trained.sizes)
     result = dataclasses.replace(trained, model=model, gate_failures=[])
     assert register_and_gate(db, saved, result, force=False) == "champion"
     assert sql_segments(db, synthetic_frame) == flipped
@@ -254,29 +309,49 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def plant(db: str, version: str, path: Path, payload: bytes) -> None:
-    """A database writer's attack: a file of their choosing, its digest in the registry."""
+def plant(db: str, version: str, payload: bytes) -> None:
+    """A database writer's attack: model bytes of their choosing, with matching digests."""
     import hashlib
 
-    path.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
     with connection(db) as conn:
+        conn.execute("UPDATE model_files SET content = %s, sha256 = %s WHERE version = %s"
+                     " AND name = %s", (payload, digest, version, registry.MODEL_FILE))
         conn.execute("UPDATE model_versions SET sha256 = %s WHERE version = %s",
-                     (hashlib.sha256(payload).hexdigest(), version))
+                     (digest, version))
+
+
+def as_earlier_release(db: str, version: str, folder_parent: Path) -> Path:
+    """The version as an earlier release kept it: a folder on disk, no file rows."""
+    with connection(db) as conn:
+        folder = registry.export_version(conn, version, folder_parent)
+        conn.execute("DELETE FROM model_files WHERE version = %s", (version,))
+        conn.execute("UPDATE model_versions SET path = %s WHERE version = %s",
+                     (str(folder), version))
+    return folder
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("name", [registry.MODEL_FILE, registry.LEGACY_FILE])
+@pytest.mark.parametrize("where", ["database", "earlier release's joblib file"])
 def test_planted_pickle_with_a_matching_digest_never_runs(db: str, trained, models_dir: Path,
-                                                          tmp_path: Path, name: str) -> None:
+                                                          tmp_path: Path, where: str) -> None:
+    import hashlib
     import pickle
 
-    saved = save_and_register(db, trained, models_dir, "m-victim")
+    save_and_register(db, trained, models_dir, "m-victim")
     marker = tmp_path / "code-ran"
-    if name == registry.LEGACY_FILE:  # an earlier release's joblib file, swapped for a pickle
-        (saved.path / registry.MODEL_FILE).unlink(missing_ok=True)
-    plant(db, "m-victim", saved.path / name, pickle.dumps(RunsCode(marker)))
+    payload = pickle.dumps(RunsCode(marker))
+    if where == "database":
+        plant(db, "m-victim", payload)
+    else:  # an earlier release's folder, its joblib file swapped for a pickle
+        folder = as_earlier_release(db, "m-victim", models_dir)
+        (folder / registry.MODEL_FILE).unlink()
+        (folder / registry.LEGACY_FILE).write_bytes(payload)
+        with connection(db) as conn:
+            conn.execute("UPDATE model_versions SET sha256 = %s WHERE version = 'm-victim'",
+                         (hashlib.sha256(payload).hexdigest(),))
     with connection(db) as conn, pytest.raises(ModelError, match="refusing|never loaded"):
-        registry.load_version(conn, "m-victim")
+        registry.load_version(conn, "m-victim", models_dir)
     assert not marker.exists(), "loading the model ran the attacker's code"
 
 
@@ -290,11 +365,11 @@ def test_a_skops_file_naming_a_function_is_refused(db: str, trained, models_dir:
     import skops.io
     from sklearn.preprocessing import FunctionTransformer
 
-    saved = save_and_register(db, trained, models_dir, "m-func")
+    save_and_register(db, trained, models_dir, "m-func")
     payload = registry.model_payload(trained.model)
     payload["version"] = "m-func"
     payload["pipeline"] = FunctionTransformer(func=os.system)
-    plant(db, "m-func", saved.path / registry.MODEL_FILE, skops.io.dumps(payload))
+    plant(db, "m-func", skops.io.dumps(payload))
     with connection(db) as conn, \
             pytest.raises(ModelError, match=r"holds types this registry never writes \(.*system"):
         registry.load_version(conn, "m-func")
@@ -304,14 +379,11 @@ def test_a_skops_file_naming_a_function_is_refused(db: str, trained, models_dir:
 def test_a_model_folder_outside_the_models_folder_is_refused(db: str, trained,
                                                              models_dir: Path,
                                                              tmp_path: Path) -> None:
-    import shutil
-
-    saved = save_and_register(db, trained, models_dir, "m-away")
-    elsewhere = tmp_path / "elsewhere" / "m-away"
-    shutil.copytree(saved.path, elsewhere)  # a genuine model, in the wrong place
+    save_and_register(db, trained, models_dir, "m-away")
+    elsewhere = as_earlier_release(db, "m-away", tmp_path / "elsewhere")  # genuine, misplaced
     for stored in (str(elsewhere), f"{models_dir}/../elsewhere/m-away"):
         with connection(db) as conn:
             conn.execute("UPDATE model_versions SET path = %s WHERE version = 'm-away'",
                          (stored,))
         with connection(db) as conn, pytest.raises(ModelError, match="outside the models"):
-            registry.load_version(conn, "m-away")
+            registry.load_version(conn, "m-away", models_dir)
