@@ -39,6 +39,7 @@ from benchmarks.bench_scoring import (  # noqa: E402
     compile_bytecode,
     prefect_server,
     promote_retrain,
+    wait_peak_rss,
 )
 from segmentation.db import connection  # noqa: E402
 
@@ -66,8 +67,6 @@ def on_disk(url: str) -> int:
 def run_stage(label: str, argv: list[str], env: dict[str, str]) -> Measured:
     """One stage in a child process: its time, peak RSS (process tree, Dask workers too)
     and the database's size on disk, sampled every half second while it runs."""
-    import psutil
-
     url = env["SEGMENTATION_DATABASE_URL"]
     checkpoint(url)
     before = on_disk(url)
@@ -84,14 +83,7 @@ def run_stage(label: str, argv: list[str], env: dict[str, str]) -> Measured:
     t0 = time.perf_counter()
     child = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    process, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
+    peak = wait_peak_rss(child)
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()

@@ -101,15 +101,11 @@ def checkpoint(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def stage(label: str, argv: list[str], env: dict[str, str], rows: int) -> float:
-    """Run one stage in a child process (after a checkpoint); print seconds, rows/s and the
-    peak RSS of its process tree (Dask workers included)."""
+def wait_peak_rss(child: subprocess.Popen[str]) -> int:
+    """Wait for a child; the peak RSS of its process tree (Dask workers included), sampled
+    every 50 ms."""
     import psutil
 
-    checkpoint(env["SEGMENTATION_DATABASE_URL"])
-    t0 = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
     process, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
         try:
@@ -118,6 +114,18 @@ def stage(label: str, argv: list[str], env: dict[str, str], rows: int) -> float:
         except psutil.Error:
             pass
         time.sleep(0.05)
+    return peak
+
+
+def stage(label: str, argv: list[str], env: dict[str, str], rows: int) -> float:
+    """Run one stage in a child process (after a checkpoint); print seconds, rows/s and the
+    peak RSS of its process tree (Dask workers included)."""
+
+    checkpoint(env["SEGMENTATION_DATABASE_URL"])
+    t0 = time.perf_counter()
+    child = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    peak = wait_peak_rss(child)
     seconds = time.perf_counter() - t0
     output = child.stdout.read() if child.stdout else ""
     if child.returncode != 0:

@@ -101,6 +101,19 @@ def assert_scored_as_one_process(db: str, model) -> None:  # type: ignore[no-unt
     assert published(db) == {cid: (seg, model.version) for cid, seg in expected.items()}
 
 
+def promote_flipped(db: str, trained, version: str):  # type: ignore[no-untyped-def]
+    """A retrain promoted: the shared model with its segment ids reversed, so that every
+    customer's published segment changes."""
+    flipped = dataclasses.replace(trained.model, version=version,
+                                  label_to_segment=trained.model.label_to_segment[::-1])
+    with connection(db) as conn:
+        registry.register_version(conn, registry.package_version(
+            flipped, trained.metrics, trained.sizes), flipped, trained.metrics,
+            trained.sizes, None)
+        registry.promote(conn, version)
+    return flipped
+
+
 def night(mode: str = "incremental") -> str:
     """A night on the cluster; its summary. A champion whose segment ids were flipped moves
     the segment mix on purpose: drift is reported after the publish, as exit 3 would be."""
@@ -142,13 +155,7 @@ def test_nights_on_a_cluster_of_other_hosts_equal_one_process(
     assert_scored_as_one_process(db, model)
 
     # the night after a retrain promoted: everyone rescored by the new champion
-    flipped = dataclasses.replace(trained.model, version="m-cluster-2",
-                                  label_to_segment=trained.model.label_to_segment[::-1])
-    with connection(db) as conn:
-        registry.register_version(conn, registry.package_version(
-            flipped, trained.metrics, trained.sizes), flipped, trained.metrics,
-            trained.sizes, None)
-        registry.promote(conn, "m-cluster-2")
+    flipped = promote_flipped(db, trained, "m-cluster-2")
     assert "5,000 scored (0 new, 5,000 moved)" in night()
     assert_scored_as_one_process(db, flipped)
     assert_history_is_a_chain(db)
@@ -175,13 +182,7 @@ def test_a_worker_killed_mid_run_leaves_the_published_table_whole(
     assert_scored_as_one_process(db, model)
     before = published(db)
 
-    flipped = dataclasses.replace(trained.model, version="m-kill-2",
-                                  label_to_segment=trained.model.label_to_segment[::-1])
-    with connection(db) as conn:
-        registry.register_version(conn, registry.package_version(
-            flipped, trained.metrics, trained.sizes), flipped, trained.metrics,
-            trained.sizes, None)
-        registry.promote(conn, "m-kill-2")
+    flipped = promote_flipped(db, trained, "m-kill-2")
     outcome: dict[str, object] = {}
 
     def killed_night() -> None:
