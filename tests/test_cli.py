@@ -341,3 +341,25 @@ def test_a_one_row_file_is_one_row(db: str, synthetic_csv: Path, tmp_path: Path)
     result = run_cli("ingest", str(one), "--no-validate", env=cli_env(db, tmp_path))
     assert result.returncode == 0, result.stderr
     assert ": loaded 1 row\n" in result.stdout  # not "1 rows"
+
+
+def test_the_demos_app_reads_the_demos_database(db: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`segmentation --demo app`: its login names the demo's database, once."""
+    from sqlalchemy.engine import make_url
+
+    from segmentation.cli.app import app_environment
+    from segmentation.config import load_settings
+    from segmentation.db import app_database
+
+    env = {**cli_env(db, tmp_path), "SEGMENTATION_DEMO": "true"}
+    for key in ("SEGMENTATION_DATABASE_URL", "SEGMENTATION_HOME", "SEGMENTATION_DEMO"):
+        monkeypatch.setenv(key, env[key])
+    served = app_environment(load_settings(), env)
+    assert "SEGMENTATION_DATABASE_URL" not in served and "SEGMENTATION_DEMO" not in served
+    for key in ("SEGMENTATION_DATABASE_URL", "SEGMENTATION_DEMO"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SEGMENTATION_APP_DATABASE_URL", served["SEGMENTATION_APP_DATABASE_URL"])
+    url, role = app_database(load_settings())  # as the app process resolves it
+    assert make_url(url).database == f"{make_url(db).database}_demo" and role is None
+    assert make_url(url).username == "segmentation_app"

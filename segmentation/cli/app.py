@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from segmentation.cli.common import app, current_settings, database_url
 from segmentation.errors import SegmentationError
+
+if TYPE_CHECKING:
+    from segmentation.config import Settings
 
 
 @app.command("app")
@@ -24,20 +27,13 @@ def run_app(
                            "else guards the address).")] = False,
 ) -> None:
     """Start the Streamlit app on this database, logged in as segmentation_app."""
-    from segmentation.db import ensure_app_login
-
     if not is_loopback(address) and not no_login and not auth_configured():
         raise SegmentationError(
             f"--address {address} serves the app beyond this machine, and no [auth] login is "
             "configured in .streamlit/secrets.toml: configure it (with "
             "SEGMENTATION_APP_ALLOWED_USERS), or pass --no-login if something else guards it")
-    settings = current_settings()
     script = Path(__file__).resolve().parents[2] / "streamlit_app" / "app.py"
-    env = dict(os.environ)
-    if settings.app_database_url is None:  # the owner's server: the app gets a login of its own
-        env["SEGMENTATION_APP_DATABASE_URL"] = ensure_app_login(database_url(settings),
-                                                                settings.home)
-    env.pop("SEGMENTATION_DATABASE_URL", None)  # no owner URL in the app's reach
+    env = app_environment(current_settings(), dict(os.environ))
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", address, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
@@ -50,6 +46,21 @@ def run_app(
     # the server replaces this process: its pid is the one ops see and stop, and no child
     # outlives a killed parent
     os.execve(sys.executable, cmd, env)
+
+
+def app_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The served app's environment: the URL of its own login, never the owner's. On the
+    owner's server (or the demo's database) the app gets a login of its own; that URL names
+    the demo's database already, so the app is not told to add the demo's suffix again."""
+    from segmentation.db import ensure_app_login
+
+    env = dict(env)
+    if settings.app_database_url is None or settings.demo:
+        env["SEGMENTATION_APP_DATABASE_URL"] = ensure_app_login(database_url(settings),
+                                                                settings.home)
+    env.pop("SEGMENTATION_DATABASE_URL", None)  # no owner URL in the app's reach
+    env.pop("SEGMENTATION_DEMO", None)
+    return env
 
 
 def is_loopback(address: str) -> bool:
