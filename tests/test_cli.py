@@ -348,7 +348,7 @@ def test_the_demos_app_reads_the_demos_database(db: str, tmp_path: Path,
     """`segmentation --demo app`: its login names the demo's database, once."""
     from sqlalchemy.engine import make_url
 
-    from segmentation.cli.app import app_environment
+    from segmentation.cli.appserver import app_environment
     from segmentation.config import load_settings
     from segmentation.db import app_database
 
