@@ -21,7 +21,8 @@ def test_the_module_list_is_the_package() -> None:
 
 def test_the_cli_is_one_module_per_verb_group() -> None:
     groups = {p.stem for p in (ROOT / "segmentation" / "cli").glob("*.py")}
-    assert {"db", "data", "scoring", "models", "customers", "prefect", "appserver", "demo"} <= groups
+    assert {"db", "data", "scoring", "models", "customers", "prefect", "appserver",
+            "demo"} <= groups
     for path in (ROOT / "segmentation" / "cli").glob("*.py"):
         assert len(path.read_text().splitlines()) < 250, path  # one concern each
 
