@@ -95,6 +95,12 @@ def run_stage(label: str, argv: list[str], env: dict[str, str]) -> Measured:
     print(f"  {label:<34} {seconds:>8.2f} s  RSS {peak / 2**20:>6,.0f} MiB  disk "
           f"{measured.disk_peak / GiB:>6.2f} GiB (+{(measured.disk_peak - before) / GiB:.2f})",
           flush=True)
+    with connection(url) as conn:  # where a scoring stage's time went, as the run recorded it
+        row = conn.execute("SELECT timings FROM scoring_runs WHERE finished_at >="
+                           " now() - make_interval(secs => %s) ORDER BY finished_at DESC"
+                           " LIMIT 1", (seconds,)).fetchone()
+    if row and row[0]:
+        print("    " + ", ".join(f"{k} {v}" for k, v in row[0].items()), flush=True)
     return measured
 
 
