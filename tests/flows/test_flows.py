@@ -247,6 +247,7 @@ def test_a_flow_run_ends_with_its_summary_and_a_readable_report(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
+        ArtifactFilterFlowRunId,
         ArtifactFilterKey,
         FlowFilter,
         FlowFilterName,
@@ -265,8 +266,9 @@ def test_a_flow_run_ends_with_its_summary_and_a_readable_report(
     with get_client(sync_client=True) as client:
         run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"])),
                                     sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        report = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["scoring-report"])))[0]
+        report, = client.read_artifacts(artifact_filter=ArtifactFilter(  # this run's own
+            key=ArtifactFilterKey(any_=["scoring-report"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     # the run's last log line is "Finished in state Completed('<its summary>')"
     assert run.state is not None and run.state.message
     assert summary.splitlines()[0] in run.state.message
