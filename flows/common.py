@@ -89,10 +89,14 @@ def dask_task_runner(settings: Settings, partitions: int) -> Any:
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    # Every HTTP endpoint (scheduler, workers) on the loopback and a free port: in-process
-    # workers would otherwise listen on every interface, and the scheduler on 8787.
+    # Every endpoint (scheduler, workers, dashboards) on the loopback and a free port:
+    # in-process workers would otherwise listen on every interface, and the scheduler on
+    # 8787. TCP on the loopback for in-process workers too: Dask's in-process transport
+    # names its addresses by the host's outward IP, found by routing a socket towards
+    # 8.8.8.8, and nothing here may reach for the internet.
     cluster: dict[str, Any] = {"n_workers": min(settings.dask_workers, partitions),
                                "threads_per_worker": 1, "processes": settings.dask_processes,
+                               "host": "127.0.0.1", "protocol": "tcp://",
                                "dashboard_address": "127.0.0.1:0",
                                "worker_dashboard_address": "127.0.0.1:0"}
     if settings.dask_processes:

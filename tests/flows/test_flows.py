@@ -114,9 +114,12 @@ def test_nightly_validates_then_scores_and_stops_on_a_bad_batch(
 
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
-def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool) -> None:
+def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
     """The local cluster the partitioned run starts opens no port on another interface
     (in-process workers default to every interface) and no fixed one (8787)."""
+    import distributed.comm.inproc as inproc
     import psutil
     from distributed import LocalCluster
 
@@ -127,12 +130,16 @@ def test_local_dask_cluster_listens_on_the_loopback_only(processes: bool) -> Non
     kwargs = dask_task_runner(settings, 2).cluster_kwargs
     if processes:  # the workers need no Prefect API here
         kwargs = {**kwargs, "env": {}}
+    looked_out: list[str] = []  # the in-process transport asks for the route to 8.8.8.8
+    monkeypatch.setattr(inproc, "get_ip", lambda *a: looked_out.append("8.8.8.8") or "x")
+    monkeypatch.setattr(inproc.global_manager, "_ip", None)
     with LocalCluster(**kwargs):
         me = psutil.Process()
         listening = [c.laddr for p in [me, *me.children(recursive=True)]
                      for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
     assert all(addr.port != 8787 for addr in listening)
+    assert looked_out == []  # nothing reached for the internet
 
 
 def test_partition_workers_run_without_the_stack_sampling_profiler() -> None:
