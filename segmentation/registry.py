@@ -115,6 +115,15 @@ def package_version(model: SegmentationModel, metrics: dict[str, Any],
     return SavedVersion(model.version, files)
 
 
+def insert_files(conn: psycopg.Connection, version: str, files: dict[str, bytes]) -> None:
+    """A version's files as rows, each with its own sha256."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO model_files (version, name, content, sha256)"
+                        " VALUES (%s, %s, %s, %s)",
+                        [(version, name, data, sha256_bytes(data))
+                         for name, data in sorted(files.items())])
+
+
 def register_version(conn: psycopg.Connection, saved: SavedVersion, model: SegmentationModel,
                      metrics: dict[str, Any], sizes: dict[int, int], reason: str | None) -> None:
     """Insert the version (as challenger), its files and its segment profiles, in the
@@ -124,11 +133,7 @@ def register_version(conn: psycopg.Connection, saved: SavedVersion, model: Segme
         " VALUES (%s, 'challenger', %s, %s, NULL, %s, %s)",
         (saved.version, model.k, Json(metrics), saved.sha256, reason),
     )
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO model_files (version, name, content, sha256)"
-                        " VALUES (%s, %s, %s, %s)",
-                        [(saved.version, name, data, sha256_bytes(data))
-                         for name, data in sorted(saved.files.items())])
+    insert_files(conn, saved.version, saved.files)
     centres = model.centroids_original()
     scaler = model.pipeline.named_steps["scale"]
     total = sum(sizes.values()) or 1
@@ -376,11 +381,7 @@ def import_folders(conn: psycopg.Connection, models_dir: Path) -> list[str]:
         if sha256_bytes(files[MODEL_FILE]) != expected:
             raise ModelError(f"model {version}: {folder / MODEL_FILE} does not match the "
                              "registry's sha256; not importing it")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO model_files (version, name, content, sha256)"
-                            " VALUES (%s, %s, %s, %s)",
-                            [(version, name, data, sha256_bytes(data))
-                             for name, data in sorted(files.items())])
+        insert_files(conn, str(version), files)
         moved.append(str(version))
     return moved
 
