@@ -19,8 +19,7 @@ from segmentation.registry import champion_reference, champion_version
 def list_pending() -> list[str]:
     """Batches landed but not validated yet, oldest first."""
     with connection(database_url()) as conn:
-        return [str(b) for (b,) in conn.execute(
-            "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
+        return validation.waiting_batches(conn)
 
 
 @db_task

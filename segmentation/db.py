@@ -276,6 +276,7 @@ def sql_dir() -> Path:
 @dataclass(frozen=True)
 class Migration:
     """One numbered .sql file."""
+
     version: str
     name: str
     sql: str
@@ -345,7 +346,6 @@ def create_schema_if_new(url: str) -> list[str]:
 def set_role_password(url: str, role: str, password: str) -> None:
     """Let a role (marketing_ro, segmentation_app) log in with a password taken from the
     environment."""
-
     with connection(url, autocommit=True) as conn:
         # the server is sent the SCRAM verifier, never the password: a server that logs DDL
         # (log_statement = 'ddl') would otherwise write it into its log

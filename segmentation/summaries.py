@@ -20,7 +20,7 @@ from psycopg import sql
 
 from segmentation.db import connection
 from segmentation.features import FEATURES
-from segmentation.runs import ScoreResult
+from segmentation.runs import ScoreResult, last_succeeded
 
 SAMPLE_ROWS = 100_000  # published customers read for the sampled parts
 SCATTER_POINTS = 2_000
@@ -97,16 +97,17 @@ def subtract_erased(conn: psycopg.Connection, segments: list[int]) -> None:
     if not segments:
         return
     lock_summary(conn)
+    last = last_succeeded(conn)
+    if last is None:
+        return
     conn.execute(
-        "WITH last_run AS (SELECT run_id FROM scoring_runs WHERE status = 'succeeded'"
-        "  ORDER BY finished_at DESC LIMIT 1),"
-        " gone AS (SELECT s AS segment_id, count(*) AS n FROM unnest(%s::smallint[]) s"
+        "WITH gone AS (SELECT s AS segment_id, count(*) AS n FROM unnest(%s::smallint[]) s"
         "  GROUP BY 1),"
         " sizes AS (UPDATE run_segment_sizes z SET customers = z.customers - gone.n"
-        "  FROM gone WHERE z.segment_id = gone.segment_id"
-        "  AND z.run_id = (SELECT run_id FROM last_run) RETURNING gone.n)"
+        "  FROM gone WHERE z.segment_id = gone.segment_id AND z.run_id = %s"
+        "  RETURNING gone.n)"
         " UPDATE run_summaries SET customers = customers - (SELECT coalesce(sum(n), 0)"
-        "  FROM sizes) WHERE run_id = (SELECT run_id FROM last_run)", (segments,))
+        "  FROM sizes) WHERE run_id = %s", (segments, last.run_id, last.run_id))
 
 
 def copy_sampled(conn: psycopg.Connection, source: str, run: str, sample_rows: int) -> None:

@@ -397,6 +397,12 @@ def record_examples(conn: psycopg.Connection, run_id: str, outcomes: list[RuleOu
         (run_id, *map(list, zip(*rows, strict=True))))
 
 
+def waiting_batches(conn: psycopg.Connection) -> list[str]:
+    """Batches landed but not validated yet, oldest first."""
+    return [str(b) for (b,) in conn.execute(
+        "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
+
+
 def pending_batches(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """Batches that block scoring: never validated, or failed and not discarded."""
     return [(str(b), str(s)) for b, s in conn.execute(

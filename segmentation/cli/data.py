@@ -110,13 +110,13 @@ def validate(
 ) -> None:
     """Validate landed batches with the data contract (GX); exit 1 if one fails."""
     from segmentation.db import connection
+    from segmentation.validation import waiting_batches
 
     settings = current_settings()
     url = database_url(settings)
     if batch is None:
         with connection(url) as conn:
-            batches = [b for (b,) in conn.execute(
-                "SELECT batch_id FROM ingest_batches WHERE status = 'loaded' ORDER BY loaded_at")]
+            batches = waiting_batches(conn)
         if not batches:
             typer.echo("no batch waiting for validation")
             return
