@@ -5,6 +5,7 @@ dropped on the way, whichever step meets them first."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -25,6 +26,20 @@ def lock_accepts(conn: psycopg.Connection) -> None:
     """Hold off every accept into customers until this transaction ends (an erasure, and a
     validation from its quarantine to its accept; scoring snapshots wait for it too)."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCEPT_LOCK,))
+
+
+def landing_name(batch_id: str) -> str:
+    """The batch's own table (a partition of customers_incoming once landed): one name per
+    batch, a plain identifier whatever the batch id (sql/018 names earlier batches alike)."""
+    return "landing_" + hashlib.md5(batch_id.encode()).hexdigest()[:16]
+
+
+def drop_landed(conn: psycopg.Connection, batch_id: str) -> None:
+    """The batch's landed rows, gone with their table (accepted, or discarded)."""
+    # dropping a partition changes its parent: the lock first, so no other batch attaches
+    # or leaves in between
+    conn.execute("LOCK TABLE customers_incoming IN ACCESS EXCLUSIVE MODE")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(landing_name(batch_id))))
 
 
 def drop_erased(conn: psycopg.Connection, table: str, batch_id: str | None = None) -> int:
@@ -50,6 +65,52 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     # Scoring takes its snapshot holding ACCEPT_LOCK (shared): rows stamped after this
     # lock are newer than any run that could not see them (the incremental watermark).
     lock_accepts(conn)
+    row = conn.execute("SELECT EXISTS (SELECT FROM customers)").fetchone()
+    if row and row[0]:
+        inserted, updated = merge_changes(conn, batch_id)
+    else:
+        inserted, updated = insert_all(conn, batch_id), 0
+    drop_landed(conn, batch_id)  # the landed rows are done with
+    # fresh statistics: tonight's incremental run plans "loaded since" as an index range
+    conn.execute("ANALYZE customers")
+    conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
+                 " WHERE batch_id = %s", (inserted, updated, batch_id))
+    return inserted, updated
+
+
+def insert_all(conn: psycopg.Connection, batch_id: str) -> int:
+    """The first load: every row is new, so nothing is compared. customers is empty, so its
+    indexes are dropped and built again once the rows are in: one sort each instead of an
+    insertion per row into each (nobody reads customers meanwhile: dropping an index locks
+    the table until the commit)."""
+    indexes = conn.execute(
+        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname,"
+        " pg_get_constraintdef(c.oid) FROM pg_index i LEFT JOIN pg_constraint c"
+        " ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid"
+        " WHERE i.indrelid = 'customers'::regclass ORDER BY 1").fetchall()
+    for index, _, constraint, _ in indexes:
+        conn.execute(sql.SQL("ALTER TABLE customers DROP CONSTRAINT {}").format(
+            sql.Identifier(constraint)) if constraint else
+            sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+    features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
+    inserted = conn.execute(sql.SQL(
+        "INSERT INTO customers (customer_id, {features}, batch_id, loaded_at)"
+        " SELECT i.customer_id, {features}, %(batch)s, statement_timestamp()"
+        " FROM customers_incoming i WHERE i.batch_id = %(batch)s AND NOT EXISTS ("
+        "  SELECT FROM customers_quarantine q"
+        "  WHERE q.batch_id = %(batch)s AND q.customer_id = i.customer_id)").format(
+            features=features), {"batch": batch_id}).rowcount
+    conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the key's sort in memory
+    for _, definition, constraint, constraint_definition in indexes:
+        # the definitions as the catalogue states them (not values: no parameters to bind)
+        conn.execute(sql.SQL("ALTER TABLE customers ADD CONSTRAINT {} {}").format(
+            sql.Identifier(constraint), sql.SQL(constraint_definition)) if constraint else
+            sql.SQL(definition))
+    return int(inserted)
+
+
+def merge_changes(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
+    """Insert the batch's new customers and update its changed ones; (inserted, updated)."""
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
     current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
@@ -84,21 +145,6 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         " SELECT i.customer_id, {incoming}, %(batch)s, statement_timestamp()"
         " FROM accept_changes i WHERE i.is_new").format(
             features=features, incoming=incoming), {"batch": batch_id}).rowcount
-    # The landed rows are done with. Alone in the table: TRUNCATE (instant) instead of a
-    # DELETE of every row; the lock first, so no other batch can land in between.
-    conn.execute("LOCK TABLE customers_incoming IN ACCESS EXCLUSIVE MODE")
-    others = conn.execute(  # two key ranges, not a scan of this batch's rows
-        "SELECT EXISTS (SELECT 1 FROM customers_incoming WHERE batch_id < %(b)s)"
-        " OR EXISTS (SELECT 1 FROM customers_incoming WHERE batch_id > %(b)s)",
-        {"b": batch_id}).fetchone()
-    if others and others[0]:
-        conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
-    else:
-        conn.execute("TRUNCATE customers_incoming")
-    # fresh statistics: tonight's incremental run plans "loaded since" as an index range
-    conn.execute("ANALYZE customers")
-    conn.execute("UPDATE ingest_batches SET rows_inserted = %s, rows_updated = %s"
-                 " WHERE batch_id = %s", (inserted, updated, batch_id))
     return inserted, updated
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -45,6 +47,9 @@ def ingest(
     check_csv_options(delimiter, encoding)
     settings = current_settings()
     url = database_url(settings)
+    # Great Expectations takes seconds to import: on a thread while the rows stream (the
+    # COPY busies the server, not this process), joined before anything else imports
+    warming = import_in_background("great_expectations") if validate else None
     if path is not None:
         from segmentation.progress import track
 
@@ -53,6 +58,8 @@ def ingest(
                                 progress=update)
     else:
         result = ingest_table(url, str(table))
+    if warming is not None:
+        warming.join()
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"batch {result.batch_id}: loaded {count(result.rows_in, 'row')}")
@@ -60,6 +67,13 @@ def ingest(
         validate_batches([result.batch_id], url, settings)
     else:
         typer.echo(f"not validated yet: run `segmentation validate --batch {result.batch_id}`")
+
+
+def import_in_background(module: str) -> threading.Thread:
+    """Start importing a module on a daemon thread; join it before importing anything else."""
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
 
 
 def validate_batches(batch_ids: list[str], url: str, settings: Settings,
@@ -147,6 +161,7 @@ def batches_list() -> None:
 @batches_app.command("discard")
 def batches_discard(batch_id: str) -> None:
     """Give up on a failed or unvalidated batch so scoring can go on without it."""
+    from segmentation.accepting import drop_landed
     from segmentation.db import connection
     from segmentation.validation import drop_batch_view
 
@@ -157,6 +172,6 @@ def batches_discard(batch_id: str) -> None:
                            (batch_id,)).fetchone()
         if row is None:
             raise SegmentationError(f"no failed or unvalidated batch {batch_id!r}")
-        conn.execute("DELETE FROM customers_incoming WHERE batch_id = %s", (batch_id,))
+        drop_landed(conn, batch_id)
     drop_batch_view(url, batch_id)  # left behind if a validation was killed
     typer.echo(f"batch {batch_id} discarded")

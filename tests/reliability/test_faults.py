@@ -248,3 +248,44 @@ def test_reader_killed_mid_stream_is_transient_and_changes_nothing(db: str, trai
     result = scoring.score_customers(db, model, mode="full", wait=True)
     assert (result.rows_scored, result.published_by) == (200_000, "swap")
     assert orphan_builds(db) == []
+
+
+def landing_tables(url: str) -> list[tuple[str]]:
+    """Batch tables in the database (attached or not)."""
+    return query(url, "SELECT relname FROM pg_class WHERE relname LIKE 'landing\\_%%'"
+                      " AND relkind = 'r'")
+
+
+@pytest.mark.parametrize("pattern", ["COPY landing%", "ALTER TABLE landing%PRIMARY KEY%"],
+                         ids=["mid-copy", "mid-key"])
+def test_ingest_killed_mid_copy_or_mid_key_leaves_no_table(db: str, big_csv: Path,
+                                                           pattern: str) -> None:
+    """A batch lands in a table of its own: killed while the file streams into it or while
+    its key is built, the table goes with the transaction, and the retry lands whole."""
+    killer = kill_backends_running(db, pattern)
+    with pytest.raises((IngestError, psycopg.OperationalError)):
+        ingest_csv(db, big_csv)
+    killer.join()
+    assert killer.killed, f"nothing ran {pattern!r}"
+    assert landing_tables(db) == []
+    assert query(db, "SELECT count(*) FROM ingest_batches") == [(0,)]
+    batch = ingest_csv(db, big_csv).batch_id
+    assert query(db, "SELECT count(*) FROM customers_incoming WHERE batch_id = %s",
+                 (batch,)) == [(200_000,)]
+
+
+def test_a_word_in_the_last_row_of_a_clean_file_names_it_and_loads_nothing(
+        db: str, big_csv: Path, tmp_path: Path) -> None:
+    """The typed COPY stops at the word; the file is then landed as text to name every
+    offending column with an example (the message ingest has always given)."""
+    lines = big_csv.read_bytes().splitlines(keepends=True)
+    fields = lines[-1].decode().split(",")
+    fields[3] = "ninety"  # PURCHASES
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"".join(lines[:-1]) + ",".join(fields).encode())
+    with pytest.raises(IngestError, match=r"purchases: 1 value\(s\) are not numbers, "
+                                          r"e\.g\. 'ninety'"):
+        ingest_csv(db, broken)
+    assert landing_tables(db) == []
+    assert query(db, "SELECT (SELECT count(*) FROM ingest_batches) +"
+                     " (SELECT count(*) FROM customers_incoming)") == [(0,)]

@@ -210,3 +210,42 @@ def test_moves_only_migration_keeps_what_history_says(fresh_database: str,
             pytest.raises(psycopg.errors.CheckViolation):  # history holds moves only
         conn.execute("INSERT INTO segment_history VALUES ('C1', 0, 0, 'm1', 'm2', now(), %s)",
                      (runs[2],))
+
+
+def test_batch_partitions_migration_keeps_landed_batches_validatable(
+        fresh_database: str, tmp_path: Path) -> None:
+    """Batches landed by an earlier release, not validated yet, become partitions named as
+    ingest names them; validating one afterwards accepts it and drops its table."""
+    import hashlib
+
+    from segmentation.validation import validate_batch
+
+    apply_migrations(fresh_database, migrations_until(tmp_path, "017"))
+    batches = ["b-old-1", "b-old-2"]
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        for n, batch in enumerate(batches, start=1):
+            conn.execute("INSERT INTO ingest_batches (batch_id, source, rows_in, rows_inserted,"
+                         " rows_updated) VALUES (%s, 'old.csv', %s, 0, 0)", (batch, n))
+            conn.execute("INSERT INTO customers_incoming (customer_id, balance, balance_frequency,"
+                         " purchases, oneoff_purchases, installments_purchases, cash_advance,"
+                         " purchases_frequency, oneoff_purchases_frequency,"
+                         " purchases_installments_frequency, cash_advance_frequency,"
+                         " cash_advance_trx, purchases_trx, credit_limit, payments,"
+                         " minimum_payments, prc_full_payment, tenure, batch_id)"
+                         " SELECT 'C' || i, 40.9, 0.8, 95.4, 0, 95.4, 0, 0.2, 0, 0.1, 0, 0,"
+                         " 2, 1000, 201.8, 139.5, 0, 12, %s FROM generate_series(1, %s) i",
+                         (batch, n))
+    before = query(fresh_database, "SELECT * FROM customers_incoming ORDER BY 1, batch_id")
+    assert [m.split("_")[0] for m in apply_migrations(
+        fresh_database, migrations_until(tmp_path, "018"))] == ["018"]
+    assert query(fresh_database, "SELECT * FROM customers_incoming ORDER BY 1, batch_id") == \
+        before
+    names = {"landing_" + hashlib.md5(b.encode()).hexdigest()[:16] for b in batches}
+    assert {r[0] for r in query(fresh_database, "SELECT inhrelid::regclass::text FROM"
+                                " pg_inherits WHERE inhparent = 'customers_incoming'::regclass"
+                                )} == names
+    apply_migrations(fresh_database)
+    report = validate_batch(fresh_database, "b-old-2")
+    assert (report.success, report.rows_accepted) == (True, 2), report.summary()
+    assert query(fresh_database, "SELECT count(*) FROM pg_inherits WHERE inhparent ="
+                                 " 'customers_incoming'::regclass") == [(1,)]

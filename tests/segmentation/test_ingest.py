@@ -238,3 +238,32 @@ def test_utf16_without_a_bom_is_named(db: str, synthetic_csv: Path, tmp_path: Pa
     with pytest.raises(IngestError, match="pass --encoding utf-16"):
         ingest_csv(db, path)
     assert ingest_csv(db, path, encoding="utf-16-le").rows_in == 5_000
+
+
+def test_first_load_leaves_customers_indexed_as_before(db: str, synthetic_csv: Path) -> None:
+    """The first load builds customers' indexes after its rows are in: the same indexes,
+    valid, the key enforced."""
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'customers' ORDER BY 1"
+    before = query(db, indexes)
+    load_batch(db, synthetic_csv)
+    assert query(db, indexes) == before
+    assert query(db, "SELECT count(*) FROM pg_index WHERE indrelid = 'customers'::regclass"
+                     " AND NOT indisvalid") == [(0,)]
+    assert query(db, "SELECT count(*) FROM customers") == [(5_000,)]
+    with pytest.raises(Exception, match="customers_pkey"):
+        query(db, "INSERT INTO customers SELECT * FROM customers LIMIT 1")
+
+
+def test_a_batch_lands_in_its_own_table_and_leaves_with_it(db: str, synthetic_csv: Path
+                                                           ) -> None:
+    """A batch is a partition of customers_incoming until accepted; then its table is gone."""
+    from segmentation.validation import validate_batch
+
+    batch = ingest_csv(db, synthetic_csv).batch_id
+    partitions = ("SELECT inhrelid::regclass::text FROM pg_inherits"
+                  " WHERE inhparent = 'customers_incoming'::regclass")
+    (table,), = query(db, partitions)
+    assert query(db, f"SELECT count(*), min(batch_id), max(batch_id) FROM {table}") == \
+        [(5_000, batch, batch)]
+    assert validate_batch(db, batch).success
+    assert query(db, partitions) == []
