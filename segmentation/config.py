@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         " failover), with exponential backoff and jitter. 0: no retries.")
     statement_timeout_s: float = Field(
         default=3600, ge=0, description="PostgreSQL statement_timeout of every session (0: none).")
+    ingest_streams: int = Field(
+        default=2, ge=1, le=32,
+        description="COPY streams a file of 64 MiB or more is loaded on at once, each a"
+        " connection and a core of the database server.")
     lock_wait_s: float = Field(
         default=1800, ge=0,
         description="How long a run waits behind another scoring run or a batch's validation.")

@@ -114,3 +114,37 @@ def file_blocks(path: Path, encoding: str) -> Iterator[bytes]:
                 yield text.encode("utf-8")
             if not block:
                 return
+
+
+def split_points(path: Path, parts: int, quote: bytes = b'"') -> list[int]:
+    """Byte offsets cutting the file into about `parts` slices, each starting a record: at a
+    line start with an even number of quotes before it (a line break inside a quoted field
+    is not a record's end). Returns [0, cut, ..., size]; fewer slices for a small file."""
+    size = path.stat().st_size
+    targets = [size * i // parts for i in range(1, parts)]
+    cuts, quotes, offset = [0], 0, 0
+    with path.open("rb") as fh:
+        while targets and (block := fh.read(BLOCK)):
+            position = block.find(b"\n", max(0, targets[0] - offset))
+            while targets and position != -1:
+                if offset + position >= targets[0] and \
+                        (quotes + block.count(quote, 0, position)) % 2 == 0:
+                    cut = offset + position + 1
+                    if cut < size and cut > cuts[-1]:
+                        cuts.append(cut)
+                    targets.pop(0)
+                    continue
+                position = block.find(b"\n", position + 1)
+            quotes += block.count(quote)
+            offset += len(block)
+    return [*cuts, size]
+
+
+def file_slice(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """The bytes [start, end) of a file in blocks."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0 and (block := fh.read(min(BLOCK, left))):
+            left -= len(block)
+            yield block

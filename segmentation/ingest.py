@@ -14,7 +14,10 @@ belong to validation; `accepting.accept_batch` then moves the rows that passed i
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +32,21 @@ from segmentation.csvfile import (  # noqa: F401  (re-exported: the CLI and test
     check_csv_options,
     detect_encoding,
     file_blocks,
+    file_slice,
     read_csv_header,
     read_head,
+    split_points,
 )
-from segmentation.db import connection, require_schema
+from segmentation.db import connect, connection, require_schema
 from segmentation.errors import IngestError
 from segmentation.features import COLUMNS, FEATURES, normalize_name
 from segmentation.progress import Update
 
 MAX_ID_LENGTH = 256  # ids are keys: btree entries must stay small
+# A file this big streams on several connections at once (PostgreSQL parses each COPY on
+# one core); smaller ones are not worth the extra connections.
+PARALLEL_MIN_BYTES = 64 << 20
+LANDING_LOCK = 7_421_006  # pg_advisory_lock(LANDING_LOCK, hashtext(table)): its ingest lives
 # What PostgreSQL's double precision accepts (NaN and infinities are left to validation).
 NUMBER_RE = r"^\s*[-+]?((\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)\s*$"
 # The magnitudes PostgreSQL's double precision holds (finite, non-zero): outside, the cast fails.
@@ -106,33 +115,59 @@ def create_landing_table(conn: psycopg.Connection, batch_id: str, landing: list[
     return table
 
 
-def copy_file(conn: psycopg.Connection, path: Path, table: sql.Composable, landing: list[str],
-              delimiter: str, encoding: str, progress: Update | None = None,
-              freeze: bool = False) -> int:
-    """Stream the file into the table with COPY (1 MiB blocks); progress(rows, estimated
-    total) after each block. Returns the rows copied. With freeze (a table created in this
+def copy_statement(table: sql.Composable, landing: list[str], delimiter: str, encoding: str,
+                   *, header: bool = True, freeze: bool = False) -> sql.Composed:
+    """COPY of (a slice of) the file into the table. With freeze (a table created in this
     subtransaction), the rows are written frozen and all-visible: the scans that validate
     and accept them do not write every page again to set hint bits."""
-    statement = sql.SQL(
-        "COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true, DELIMITER {}, ENCODING {},"
-        " FREEZE {})"
+    return sql.SQL(
+        "COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {}, DELIMITER {}, ENCODING {}, FREEZE {})"
     ).format(
         table,
         sql.SQL(", ").join(sql.Identifier(n) for n in landing),
+        sql.SQL("true" if header else "false"),
         sql.Literal(delimiter),
         sql.Literal(PG_ENCODINGS.get(encoding, "UTF8")),
         sql.SQL("true" if freeze else "false"),
     )
+
+
+def copy_blocks(conn: psycopg.Connection, statement: sql.Composed, blocks: Iterable[bytes],
+                sent: Update | None = None) -> int:
+    """Stream blocks to a COPY; sent(bytes, lines) after each block. Returns the rows."""
+    with conn.cursor() as cursor:
+        with cursor.copy(statement) as copy:
+            for block in blocks:
+                copy.write(block)
+                if sent is not None:
+                    sent(len(block), block.count(b"\n"))
+        return max(cursor.rowcount, 0)
+
+
+def progress_of(path: Path, progress: Update | None) -> Update | None:
+    """A sent(bytes, lines) callback that reports progress(rows, estimated total), safe to
+    call from several threads."""
+    if progress is None:
+        return None
+    size, totals, lock = path.stat().st_size, [0, 0], threading.Lock()
+
+    def sent(nbytes: int, lines: int) -> None:
+        with lock:
+            totals[0] += nbytes
+            totals[1] += lines
+            progress(totals[1], max(totals[1], int(totals[1] * size / max(totals[0], 1))))
+    return sent
+
+
+def copy_file(conn: psycopg.Connection, path: Path, table: sql.Composable, landing: list[str],
+              delimiter: str, encoding: str, progress: Update | None = None,
+              freeze: bool = False) -> int:
+    """Stream the file into the table with COPY (1 MiB blocks), with progress; returns the
+    rows copied."""
+    statement = copy_statement(table, landing, delimiter, encoding, freeze=freeze)
     try:
-        size, sent, lines = path.stat().st_size, 0, 0
-        with conn.cursor() as cursor:
-            with cursor.copy(statement) as copy:
-                for block in file_blocks(path, encoding):
-                    copy.write(block)
-                    if progress is not None:  # rows so far, and the total they extrapolate to
-                        sent, lines = sent + len(block), lines + block.count(b"\n")
-                        progress(lines, max(lines, int(lines * size / sent)))
-            return max(cursor.rowcount, 0)
+        return copy_blocks(conn, statement, file_blocks(path, encoding),
+                           progress_of(path, progress))
     except RETYPE:
         raise
     except psycopg.Error as exc:
@@ -141,9 +176,43 @@ def copy_file(conn: psycopg.Connection, path: Path, table: sql.Composable, landi
         raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def copy_in_parallel(url: str, path: Path, table: sql.Composable, landing: list[str],
+                     delimiter: str, encoding: str, cuts: list[int],
+                     progress: Update | None = None) -> int:
+    """Each slice of the file on a connection of its own, committed as it ends (the rows
+    wait in the batch's table, attached to nothing). The first failure cancels the other
+    streams and is raised. Returns the rows copied."""
+    sent = progress_of(path, progress)
+    connections: list[psycopg.Connection] = []
+
+    def copy_slice(index: int) -> int:
+        with connect(url) as conn:
+            connections.append(conn)
+            statement = copy_statement(table, landing, delimiter, encoding, header=index == 0)
+            try:
+                return copy_blocks(conn, statement,
+                                   file_slice(path, cuts[index], cuts[index + 1]), sent)
+            except BaseException:
+                for other in connections:
+                    if other is not conn and not other.closed:
+                        other.cancel()
+                raise
+
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        futures = [pool.submit(copy_slice, i) for i in range(len(cuts) - 1)]
+        errors = [f.exception() for f in futures]
+    # the cause, not the cancellations it triggered
+    first = next((e for e in errors if e is not None
+                  and not isinstance(e, psycopg.errors.QueryCanceled)), None) or \
+        next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return sum(f.result() for f in futures)
+
+
 def _describe_copy_error(exc: psycopg.Error) -> str:
     """One line from a COPY failure: PostgreSQL's reason and where (line, column)."""
-    message = (exc.diag.message_primary or str(exc)).strip()
+    message = ((exc.diag.message_primary or str(exc)).strip().splitlines() or [""])[0]
     context = (exc.diag.context or "").strip().splitlines()
     where = context[0].split(", ", 1)[-1] if context else ""  # "COPY table, line 3, ..."
     if "extra data after last expected column" in message or "missing data for column" in message:
@@ -296,11 +365,21 @@ def attach_landing(conn: psycopg.Connection, batch_id: str, source: str, rows_in
 
 
 def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "utf-8",
-               batch_id: str | None = None, progress: Update | None = None) -> IngestResult:
-    """Load a CSV (original upper-case or snake_case headers) as one batch, all or nothing."""
+               batch_id: str | None = None, progress: Update | None = None,
+               streams: int = 1, parallel_min_bytes: int = PARALLEL_MIN_BYTES) -> IngestResult:
+    """Load a CSV (original upper-case or snake_case headers) as one batch, all or nothing;
+    a big file in `streams` slices at once."""
     header, encoding = read_csv_header(path, delimiter, encoding)
     landing, warnings = map_columns(header)
     batch_id = batch_id or new_batch_id()
+    extra = [n for n in landing if n not in COLUMNS]
+    if streams > 1 and encoding in PG_ENCODINGS and path.stat().st_size >= parallel_min_bytes:
+        cuts = split_points(path, streams)
+        if len(cuts) > 2:
+            landed = land_in_parallel(url, path, batch_id, landing, delimiter, encoding, cuts,
+                                      progress)
+            if landed is not None:
+                return attach_parallel(url, batch_id, str(path), *landed, warnings, extra)
     with connection(url) as conn:
         require_schema(conn)
         try:  # created where it is filled: COPY FREEZE writes its rows frozen, once
@@ -312,8 +391,82 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
             table = create_landing_table(conn, batch_id, landing)
             land_as_text(conn, path, table, landing, delimiter, encoding, progress)
             rows_in = count_rows(conn, sql.Identifier("landing"))
-        return attach_landing(conn, batch_id, str(path), rows_in, warnings,
-                              [n for n in landing if n not in COLUMNS])
+        return attach_landing(conn, batch_id, str(path), rows_in, warnings, extra)
+
+
+def land_in_parallel(url: str, path: Path, batch_id: str, landing: list[str], delimiter: str,
+                     encoding: str, cuts: list[int], progress: Update | None
+                     ) -> tuple[psycopg.Connection, int] | None:
+    """The file's slices into the batch's table at once, each on its own connection and
+    server core. The table is created (committed) by an owner connection that holds the
+    table's lock for as long as the ingest lives: a table whose lock is free is an orphan
+    of a crashed ingest, which the next ingest drops. Returns the owner connection (the
+    caller attaches the batch on it, then closes it) and the rows, or None when a slice
+    did not type as it streamed (the table dropped: the caller lands the file the usual
+    way, which names what is wrong)."""
+    owner = connect(url, autocommit=True)
+    try:
+        require_schema(owner)
+        owner.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                      (LANDING_LOCK, landing_name(batch_id)))
+        drop_orphan_landings(owner)
+        table = create_landing_table(owner, batch_id, landing)
+        try:
+            rows = copy_in_parallel(url, path, table, landing, delimiter, encoding, cuts,
+                                    progress)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            owner.execute(sql.SQL("DROP TABLE {}").format(table))
+            owner.close()
+            return None
+        except psycopg.Error as exc:
+            raise IngestError(f"{path}: {_describe_copy_error(exc)}") from None
+        except OSError as exc:
+            raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        return owner, rows
+    except BaseException:
+        drop_quietly(owner, batch_id)
+        raise
+
+
+def attach_parallel(url: str, batch_id: str, source: str, owner: psycopg.Connection,
+                    rows_in: int, warnings: list[str], extra: list[str]) -> IngestResult:
+    """attach_landing on the owner connection; on any failure the table is dropped."""
+    try:
+        with owner.transaction():
+            return attach_landing(owner, batch_id, source, rows_in, warnings, extra)
+    except BaseException:
+        drop_quietly(owner, batch_id)
+        raise
+    finally:
+        owner.close()
+
+
+def drop_quietly(owner: psycopg.Connection, batch_id: str) -> None:
+    """Drop the batch's unattached table and close the owner; if the connection is gone,
+    the table is an orphan the next ingest drops."""
+    try:
+        if not owner.closed:
+            owner.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(landing_table(batch_id)))
+    except psycopg.Error:
+        pass
+    finally:
+        owner.close()
+
+
+def drop_orphan_landings(conn: psycopg.Connection) -> list[str]:
+    """Drop batch tables attached to nothing whose ingest is gone (its lock free)."""
+    dropped = []
+    for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r' AND n.nspname = current_schema()"
+            " AND c.relname LIKE 'landing\\_%%' AND NOT c.relispartition").fetchall():
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                           (LANDING_LOCK, name)).fetchone()
+        if row and row[0]:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LANDING_LOCK, name))
+            dropped.append(name)
+    return dropped
 
 
 def count_rows(conn: psycopg.Connection, table: sql.Composable) -> int:

@@ -135,8 +135,8 @@ def database_url() -> Iterator[str]:
 def truncate_all(url: str) -> None:
     """Empty every data table (schema stays); batches' landing tables go with them."""
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        for (table,) in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE"
-                                     " inhparent = 'customers_incoming'::regclass").fetchall():
+        for (table,) in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r'"
+                                     " AND relname LIKE 'landing\\_%%'").fetchall():
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
         conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
             sql.SQL(", ").join(sql.Identifier(t) for t in DATA_TABLES)))

@@ -55,7 +55,7 @@ def ingest(
 
         with track("loading") as update:
             result = ingest_csv(url, path, delimiter=delimiter, encoding=encoding,
-                                progress=update)
+                                progress=update, streams=settings.ingest_streams)
     else:
         result = ingest_table(url, str(table))
     if warming is not None:

@@ -289,3 +289,19 @@ def test_a_word_in_the_last_row_of_a_clean_file_names_it_and_loads_nothing(
     assert landing_tables(db) == []
     assert query(db, "SELECT (SELECT count(*) FROM ingest_batches) +"
                      " (SELECT count(*) FROM customers_incoming)") == [(0,)]
+
+
+def test_one_stream_of_a_parallel_ingest_killed_leaves_no_table(db: str, big_csv: Path
+                                                                ) -> None:
+    """A big file streams on two connections: one killed mid-COPY cancels the other, the
+    batch's table is dropped, no batch row; the retry lands every row."""
+    killer = kill_backends_running(db, "COPY landing%")
+    with pytest.raises(IngestError, match="terminating connection|closed the connection") \
+            as caught:
+        ingest_csv(db, big_csv, streams=2, parallel_min_bytes=0)
+    killer.join()
+    assert "\n" not in str(caught.value)  # one line
+    assert landing_tables(db) == []
+    assert query(db, "SELECT count(*) FROM ingest_batches") == [(0,)]
+    assert ingest_csv(db, big_csv, streams=2, parallel_min_bytes=0).rows_in == 200_000
+    assert query(db, "SELECT count(*) FROM customers_incoming") == [(200_000,)]

@@ -267,3 +267,71 @@ def test_a_batch_lands_in_its_own_table_and_leaves_with_it(db: str, synthetic_cs
         [(5_000, batch, batch)]
     assert validate_batch(db, batch).success
     assert query(db, partitions) == []
+
+
+def parallel(db: str, path: Path, streams: int = 3, **options: object):  # type: ignore[no-untyped-def]
+    """ingest_csv on `streams` connections, whatever the file's size."""
+    return ingest_csv(db, path, streams=streams, parallel_min_bytes=0, **options)  # type: ignore[arg-type]
+
+
+def test_a_file_in_slices_lands_what_one_stream_lands(db: str, tmp_path: Path) -> None:
+    """Slices start at records, never inside a quoted field: ids with line breaks, commas
+    and quotes land as one stream lands them."""
+    ids = [f"C{i}" for i in range(300)]
+    ids[7], ids[150], ids[151] = 'quoted "id"', "line\nbreak", "comma, and\nbreak"
+    rows = [",".join([f'"{i.replace(chr(34), 2 * chr(34))}"', *ROW.split(",")[1:]]) for i in ids]
+    path = write(tmp_path, csv_text(rows))
+    table = "SELECT customer_id, balance, tenure FROM customers_incoming ORDER BY 1"
+    ingest_csv(db, path)
+    one_stream = query(db, table)
+    assert len(one_stream) == 300
+    from tests.conftest import truncate_all
+
+    truncate_all(db)
+    result = parallel(db, path)
+    assert result.rows_in == 300
+    assert query(db, table) == one_stream
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'"
+                     " AND relkind = 'r' AND NOT relispartition") == [(0,)]
+
+
+def test_a_word_in_a_later_slice_is_named_as_with_one_stream(db: str, tmp_path: Path) -> None:
+    rows = [ROW.replace("C1,", f"C{i},") for i in range(200)]
+    rows[180] = rows[180].replace(",95.4,0,95.4,", ",ninety,0,95.4,")
+    with pytest.raises(IngestError, match=r"purchases: 1 value\(s\) are not numbers, "
+                                          r"e\.g\. 'ninety'"):
+        parallel(db, write(tmp_path, csv_text(rows)))
+    assert nothing_written(db)
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'"
+                     " AND relkind = 'r'") == [(0,)]
+
+
+def test_duplicates_across_slices_are_refused(db: str, tmp_path: Path) -> None:
+    rows = [ROW.replace("C1,", f"C{i},") for i in range(200)]
+    rows[199] = rows[0]
+    with pytest.raises(IngestError, match=r"1 duplicated id\(s\), e\.g\. 'C0' \(2x\)"):
+        parallel(db, write(tmp_path, csv_text(rows)), streams=2)
+    assert nothing_written(db)
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'"
+                     " AND relkind = 'r'") == [(0,)]
+
+
+def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str,
+                                                                       tmp_path: Path) -> None:
+    """A parallel ingest whose process died leaves its table attached to nothing, its lock
+    free: the next ingest drops it; a table whose ingest still runs (lock held) stays."""
+    import psycopg
+
+    from segmentation.db import conninfo
+    from segmentation.ingest import LANDING_LOCK
+
+    with psycopg.connect(conninfo(db), autocommit=True) as conn:
+        conn.execute("CREATE TABLE landing_00000000dead0000 (customer_id text)")
+        conn.execute("CREATE TABLE landing_00000000a1b20000 (customer_id text)")
+    with psycopg.connect(conninfo(db), autocommit=True) as alive:
+        alive.execute("SELECT pg_advisory_lock(%s, hashtext('landing_00000000a1b20000'))",
+                      (LANDING_LOCK,))
+        parallel(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])), streams=2)
+        left = query(db, "SELECT relname FROM pg_class WHERE relname LIKE 'landing%%'"
+                         " AND relkind = 'r' AND NOT relispartition")
+    assert left == [("landing_00000000a1b20000",)]
