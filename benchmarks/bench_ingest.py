@@ -2,8 +2,10 @@
 
     python benchmarks/bench_ingest.py [--rows 1000000,10000000]
 
-At each scale, in a throwaway database of its own, after a CHECKPOINT, each stage as ops
-run it (a child process):
+At each scale, in a throwaway database of its own, each stage as ops run it (a child
+process), as a night of its own: after a VACUUM (autovacuum visits a table that many rows
+were inserted into; by the next night it has, and the stage after a first load would
+otherwise set the hint bits of ten million rows the first load wrote) and a CHECKPOINT:
   floor:        COPY of the file into an unlogged table of the 18 typed columns (best of 2);
   first load:   `segmentation ingest FILE` into an empty database (land, check, validate,
                 accept);
@@ -82,6 +84,8 @@ def floor_seconds(url: str, path: Path) -> float:
 def run_ingest(url: str, path: Path, env: dict[str, str]) -> Measured:
     """`segmentation ingest PATH` in a child process; its time, RSS and the validation's
     own timings."""
+    with connection(url, autocommit=True) as conn:
+        conn.execute("VACUUM")
     checkpoint(url)
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "segmentation.cli", "ingest", str(path)],

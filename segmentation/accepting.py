@@ -159,7 +159,7 @@ def quarantine_rows(conn: psycopg.Connection, batch_id: str, outcomes: list[Rule
         return 0
     return conn.execute(  # the rows still landed: an erased customer's are gone
         "INSERT INTO customers_quarantine (customer_id, batch_id, raw, rules)"
-        " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at',"
+        " SELECT i.customer_id, i.batch_id, to_jsonb(i) - 'batch_id' - 'loaded_at' - 'slice',"
         "  ARRAY(SELECT jsonb_array_elements_text(r.value))"
         " FROM jsonb_each(%s::jsonb) r JOIN customers_incoming i"
         "  ON i.customer_id = r.key AND i.batch_id = %s",

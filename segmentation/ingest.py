@@ -98,20 +98,29 @@ def map_columns(header: list[str]) -> tuple[list[str], list[str]]:
     return landing, warnings
 
 
-def create_landing_table(conn: psycopg.Connection, batch_id: str, landing: list[str]
-                         ) -> sql.Composable:
-    """The batch's typed table, its columns in the file's order (COPY maps by position)."""
-    table = landing_table(batch_id)
+def create_landing_table(conn: psycopg.Connection, batch_id: str, landing: list[str], *,
+                         part: int | None = None, parts: bool = False) -> sql.Composable:
+    """The batch's typed table, its columns in the file's order (COPY maps by position): the
+    whole batch, one slice of it (part i: landing_<hash>_i), or the batch partitioned into
+    its slices (parts)."""
+    name = landing_name(batch_id) + ("" if part is None else f"_{part}")
+    table = sql.SQL(name)  # a fixed prefix and hex digits: see landing_table
     columns: list[sql.Composable] = [
         sql.SQL("{} text NOT NULL").format(sql.Identifier(name)) if name == "customer_id"
         else sql.SQL("{} double precision").format(sql.Identifier(name)) if name in FEATURES
         else sql.SQL("{} text").format(sql.Identifier(name))  # ignored: dropped once landed
         for name in landing]
-    batch = sql.Literal(batch_id)
-    columns += [sql.SQL("batch_id text NOT NULL DEFAULT {} CHECK (batch_id = {})").format(
-                    batch, batch),
-                sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now()")]
-    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, sql.SQL(", ").join(columns)))
+    batch, number = sql.Literal(batch_id), sql.Literal(part or 0)
+    # named alike in a batch's table and its slices: a partition must carry its parent's
+    columns += [sql.SQL("batch_id text NOT NULL DEFAULT {} CONSTRAINT one_batch"
+                        " CHECK (batch_id = {})").format(batch, batch),
+                sql.SQL("loaded_at timestamptz NOT NULL DEFAULT now()"),
+                sql.SQL("slice smallint NOT NULL") if parts else
+                sql.SQL("slice smallint NOT NULL DEFAULT {} CHECK (slice = {})").format(
+                    number, number)]
+    conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(
+        table, sql.SQL(", ").join(columns),
+        sql.SQL(" PARTITION BY LIST (slice)") if parts else sql.SQL("")))
     return table
 
 
@@ -176,22 +185,29 @@ def copy_file(conn: psycopg.Connection, path: Path, table: sql.Composable, landi
         raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def copy_in_parallel(url: str, path: Path, table: sql.Composable, landing: list[str],
+def copy_in_parallel(url: str, path: Path, batch_id: str, landing: list[str],
                      delimiter: str, encoding: str, cuts: list[int],
                      progress: Update | None = None) -> int:
-    """Each slice of the file on a connection of its own, committed as it ends (the rows
-    wait in the batch's table, attached to nothing). The first failure cancels the other
-    streams and is raised. Returns the rows copied."""
+    """Each slice of the file on a connection (and a server core) of its own, into a table
+    of its own created in the same transaction: COPY FREEZE, its ids checked, its key built
+    (on rows already in order when the file is), committed as it ends, attached to
+    nothing. The first failure cancels the other streams and is raised. Returns the rows."""
     sent = progress_of(path, progress)
     connections: list[psycopg.Connection] = []
 
     def copy_slice(index: int) -> int:
         with connect(url) as conn:
             connections.append(conn)
-            statement = copy_statement(table, landing, delimiter, encoding, header=index == 0)
             try:
-                return copy_blocks(conn, statement,
+                table = create_landing_table(conn, batch_id, landing, part=index)
+                statement = copy_statement(table, landing, delimiter, encoding,
+                                           header=index == 0, freeze=True)
+                rows = copy_blocks(conn, statement,
                                    file_slice(path, cuts[index], cuts[index + 1]), sent)
+                _check_ids(conn, table)
+                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (customer_id)")
+                             .format(table))
+                return rows
             except BaseException:
                 for other in connections:
                     if other is not conn and not other.closed:
@@ -208,6 +224,25 @@ def copy_in_parallel(url: str, path: Path, table: sql.Composable, landing: list[
     if first is not None:
         raise first
     return sum(f.result() for f in futures)
+
+
+def join_slices(conn: psycopg.Connection, batch_id: str, landing: list[str],
+                slices: int) -> None:
+    """The batch's table, partitioned into its slices; ids unique across them (each
+    slice's key holds within it): one merge of the slices' keys in order, no sort."""
+    table = create_landing_table(conn, batch_id, landing, parts=True)
+    for part in range(slices):
+        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+            table, sql.SQL(f"{landing_name(batch_id)}_{part}"), sql.Literal(part)))
+    conn.execute("SET LOCAL enable_hashagg = off")
+    conn.execute("SET LOCAL enable_sort = off")
+    repeated = conn.execute(sql.SQL(
+        "SELECT EXISTS (SELECT customer_id FROM {} GROUP BY customer_id HAVING count(*) > 1)"
+    ).format(table)).fetchone()
+    conn.execute("RESET enable_hashagg")
+    conn.execute("RESET enable_sort")
+    if repeated and repeated[0]:
+        _explain_duplicates(conn, table)
 
 
 def _describe_copy_error(exc: psycopg.Error) -> str:
@@ -331,13 +366,12 @@ def _check_ranges(conn: psycopg.Connection) -> None:
 
 def attach_landing(conn: psycopg.Connection, batch_id: str, source: str, rows_in: int,
                    warnings: list[str], extra: list[str]) -> IngestResult:
-    """The landed batch, complete: erased customers out, ignored columns dropped, ids unique
-    (the key's index, built once), recorded in ingest_batches and attached to
-    customers_incoming, all in the caller's transaction."""
+    """The landed batch, its ids checked and keyed: erased customers out, ignored columns
+    dropped, recorded in ingest_batches and attached to customers_incoming, all in the
+    caller's transaction."""
     if rows_in == 0:
         raise IngestError(f"{source}: no data rows (header only); nothing loaded")
     table = landing_table(batch_id)
-    _check_ids(conn, table)
     erased = drop_erased(conn, landing_name(batch_id))  # an erased customer stays erased
     if erased:
         warnings = [*warnings, f"skipped {erased:,} row(s) of erased customers (`segmentation "
@@ -349,12 +383,6 @@ def attach_landing(conn: psycopg.Connection, batch_id: str, source: str, rows_in
         " warnings, rows_erased) VALUES (%s, %s, %s, 0, 0, %s::jsonb, %s)",
         (batch_id, source, rows_in, Json(warnings), erased),
     )
-    try:
-        with conn.transaction():  # ids unique within the batch: its key, built once
-            conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (customer_id)").format(table))
-    except psycopg.errors.UniqueViolation:
-        _explain_duplicates(conn, table)
-        raise
     # the CHECK on batch_id spares ATTACH its scan of the rows
     conn.execute(sql.SQL("ALTER TABLE customers_incoming ATTACH PARTITION {} FOR VALUES IN ({})")
                  .format(table, sql.Literal(batch_id)))
@@ -379,9 +407,11 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
             landed = land_in_parallel(url, path, batch_id, landing, delimiter, encoding, cuts,
                                       progress)
             if landed is not None:
-                return attach_parallel(url, batch_id, str(path), *landed, warnings, extra)
+                return attach_parallel(url, batch_id, str(path), landing, len(cuts) - 1,
+                                       *landed, warnings, extra)
     with connection(url) as conn:
         require_schema(conn)
+        drop_orphan_landings(conn)
         try:  # created where it is filled: COPY FREEZE writes its rows frozen, once
             with conn.transaction():
                 table = create_landing_table(conn, batch_id, landing)
@@ -391,32 +421,42 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
             table = create_landing_table(conn, batch_id, landing)
             land_as_text(conn, path, table, landing, delimiter, encoding, progress)
             rows_in = count_rows(conn, sql.Identifier("landing"))
+        key_batch(conn, table)
         return attach_landing(conn, batch_id, str(path), rows_in, warnings, extra)
+
+
+def key_batch(conn: psycopg.Connection, table: sql.Composable) -> None:
+    """Ids present, short enough and unique within the batch: its key, built once."""
+    _check_ids(conn, table)
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (customer_id)").format(table))
+    except psycopg.errors.UniqueViolation:
+        _explain_duplicates(conn, table)
+        raise
 
 
 def land_in_parallel(url: str, path: Path, batch_id: str, landing: list[str], delimiter: str,
                      encoding: str, cuts: list[int], progress: Update | None
                      ) -> tuple[psycopg.Connection, int] | None:
-    """The file's slices into the batch's table at once, each on its own connection and
-    server core. The table is created (committed) by an owner connection that holds the
-    table's lock for as long as the ingest lives: a table whose lock is free is an orphan
-    of a crashed ingest, which the next ingest drops. Returns the owner connection (the
-    caller attaches the batch on it, then closes it) and the rows, or None when a slice
-    did not type as it streamed (the table dropped: the caller lands the file the usual
-    way, which names what is wrong)."""
+    """The file's slices, each into its own table at once (copy_in_parallel). An owner
+    connection holds the batch's lock for as long as the ingest lives: slices whose lock is
+    free are orphans of a crashed ingest, which the next ingest drops. Returns the owner
+    connection (the caller joins and attaches the slices on it, then closes it) and the
+    rows; or None when a slice was refused (a value that does not type, an empty or
+    duplicated id): its slices dropped, the caller lands the file as one stream, whose
+    messages name what is wrong across the whole file."""
     owner = connect(url, autocommit=True)
     try:
         require_schema(owner)
         owner.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
                       (LANDING_LOCK, landing_name(batch_id)))
         drop_orphan_landings(owner)
-        table = create_landing_table(owner, batch_id, landing)
         try:
-            rows = copy_in_parallel(url, path, table, landing, delimiter, encoding, cuts,
+            rows = copy_in_parallel(url, path, batch_id, landing, delimiter, encoding, cuts,
                                     progress)
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-            owner.execute(sql.SQL("DROP TABLE {}").format(table))
-            owner.close()
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError, IngestError):
+            drop_quietly(owner, batch_id)
             return None
         except psycopg.Error as exc:
             raise IngestError(f"{path}: {_describe_copy_error(exc)}") from None
@@ -428,11 +468,14 @@ def land_in_parallel(url: str, path: Path, batch_id: str, landing: list[str], de
         raise
 
 
-def attach_parallel(url: str, batch_id: str, source: str, owner: psycopg.Connection,
-                    rows_in: int, warnings: list[str], extra: list[str]) -> IngestResult:
-    """attach_landing on the owner connection; on any failure the table is dropped."""
+def attach_parallel(url: str, batch_id: str, source: str, landing: list[str], slices: int,
+                    owner: psycopg.Connection, rows_in: int, warnings: list[str],
+                    extra: list[str]) -> IngestResult:
+    """join_slices then attach_landing on the owner connection, in one transaction; on any
+    failure the slices are dropped."""
     try:
         with owner.transaction():
+            join_slices(owner, batch_id, landing, slices)
             return attach_landing(owner, batch_id, source, rows_in, warnings, extra)
     except BaseException:
         drop_quietly(owner, batch_id)
@@ -442,29 +485,38 @@ def attach_parallel(url: str, batch_id: str, source: str, owner: psycopg.Connect
 
 
 def drop_quietly(owner: psycopg.Connection, batch_id: str) -> None:
-    """Drop the batch's unattached table and close the owner; if the connection is gone,
-    the table is an orphan the next ingest drops."""
+    """Drop the batch's unattached slices and close the owner; if the connection is gone,
+    they are orphans the next ingest drops."""
     try:
         if not owner.closed:
-            owner.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(landing_table(batch_id)))
+            for name in unattached_landings(owner, landing_name(batch_id)):
+                owner.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
     except psycopg.Error:
         pass
     finally:
         owner.close()
 
 
+def unattached_landings(conn: psycopg.Connection, prefix: str = "landing_") -> list[str]:
+    """Batch tables and slices attached to nothing."""
+    return [name for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
+        " AND c.relname LIKE %s AND NOT c.relispartition ORDER BY 1",
+        (prefix.replace("_", "\\_") + "%",)).fetchall()]
+
+
 def drop_orphan_landings(conn: psycopg.Connection) -> list[str]:
-    """Drop batch tables attached to nothing whose ingest is gone (its lock free)."""
+    """Drop batch tables and slices attached to nothing whose ingest is gone (the lock on
+    their batch's name is free)."""
     dropped = []
-    for (name,) in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind = 'r' AND n.nspname = current_schema()"
-            " AND c.relname LIKE 'landing\\_%%' AND NOT c.relispartition").fetchall():
+    for name in unattached_landings(conn):
+        base = name[:len("landing_") + 16]  # a slice's batch
         row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                           (LANDING_LOCK, name)).fetchone()
+                           (LANDING_LOCK, base)).fetchone()
         if row and row[0]:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LANDING_LOCK, name))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LANDING_LOCK, base))
             dropped.append(name)
     return dropped
 
@@ -502,4 +554,5 @@ def ingest_table(url: str, table: str, *, batch_id: str | None = None) -> Ingest
         rows_in = count_rows(conn, sql.Identifier("landing"))
         if rows_in:
             type_landing(conn, target)
+            key_batch(conn, target)
         return attach_landing(conn, batch_id, f"table:{table}", rows_in, warnings, [])

@@ -6,7 +6,10 @@
 -- move into partitions named as ingest names them (landing_ + 16 hex digits of md5).
 ALTER TABLE customers_incoming RENAME TO customers_incoming_017;
 
-CREATE TABLE customers_incoming (LIKE customers_incoming_017 INCLUDING DEFAULTS)
+CREATE TABLE customers_incoming (LIKE customers_incoming_017 INCLUDING DEFAULTS,
+    -- a big file lands in slices at once, each a table of its own (frozen as it is
+    -- copied, keyed on its own): the batch's partition is then partitioned by slice
+    slice smallint NOT NULL DEFAULT 0)
     PARTITION BY LIST (batch_id);
 
 DO $$
@@ -22,5 +25,5 @@ BEGIN
     END LOOP;
 END $$;
 
-INSERT INTO customers_incoming SELECT * FROM customers_incoming_017;
+INSERT INTO customers_incoming SELECT *, 0 FROM customers_incoming_017;
 DROP TABLE customers_incoming_017;

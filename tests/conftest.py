@@ -135,9 +135,9 @@ def database_url() -> Iterator[str]:
 def truncate_all(url: str) -> None:
     """Empty every data table (schema stays); batches' landing tables go with them."""
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        for (table,) in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r'"
+        for (table,) in conn.execute("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')"
                                      " AND relname LIKE 'landing\\_%%'").fetchall():
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
         conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
             sql.SQL(", ").join(sql.Identifier(t) for t in DATA_TABLES)))
 

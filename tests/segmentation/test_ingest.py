@@ -291,6 +291,10 @@ def test_a_file_in_slices_lands_what_one_stream_lands(db: str, tmp_path: Path) -
     result = parallel(db, path)
     assert result.rows_in == 300
     assert query(db, table) == one_stream
+    # the batch's partition is partitioned into the three slices, each copied frozen
+    assert query(db, "SELECT count(*), bool_and(c.relallvisible = c.relpages) FROM pg_inherits i"
+                     " JOIN pg_class p ON p.oid = i.inhparent JOIN pg_class c"
+                     " ON c.oid = i.inhrelid WHERE p.relname LIKE 'landing%%'") == [(3, True)]
     assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'"
                      " AND relkind = 'r' AND NOT relispartition") == [(0,)]
 
@@ -316,10 +320,12 @@ def test_duplicates_across_slices_are_refused(db: str, tmp_path: Path) -> None:
                      " AND relkind = 'r'") == [(0,)]
 
 
-def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str,
-                                                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize("streams", [1, 2])
+def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str, tmp_path: Path,
+                                                                       streams: int) -> None:
     """A parallel ingest whose process died leaves its table attached to nothing, its lock
-    free: the next ingest drops it; a table whose ingest still runs (lock held) stays."""
+    free: the next ingest (either kind) drops it; a table whose ingest still runs (its lock
+    held) stays."""
     import psycopg
 
     from segmentation.db import conninfo
@@ -331,7 +337,8 @@ def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str,
     with psycopg.connect(conninfo(db), autocommit=True) as alive:
         alive.execute("SELECT pg_advisory_lock(%s, hashtext('landing_00000000a1b20000'))",
                       (LANDING_LOCK,))
-        parallel(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])), streams=2)
+        parallel(db, write(tmp_path, csv_text([ROW, ROW.replace("C1,", "C2,")])),
+                 streams=streams)
         left = query(db, "SELECT relname FROM pg_class WHERE relname LIKE 'landing%%'"
                          " AND relkind = 'r' AND NOT relispartition")
     assert left == [("landing_00000000a1b20000",)]
