@@ -229,11 +229,23 @@ def copy_in_parallel(url: str, path: Path, batch_id: str, landing: list[str],
 def join_slices(conn: psycopg.Connection, batch_id: str, landing: list[str],
                 slices: int) -> None:
     """The batch's table, partitioned into its slices; ids unique across them (each
-    slice's key holds within it): one merge of the slices' keys in order, no sort."""
+    slice's key holds within it). Slices whose id ranges do not overlap (a file in id
+    order, as exports usually are) cannot share an id: two ends of each key tell. Else one
+    merge of the slices' keys in order, no sort."""
     table = create_landing_table(conn, batch_id, landing, parts=True)
-    for part in range(slices):
+    names = [sql.SQL(f"{landing_name(batch_id)}_{part}") for part in range(slices)]
+    for part, name in enumerate(names):
         conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-            table, sql.SQL(f"{landing_name(batch_id)}_{part}"), sql.Literal(part)))
+            table, name, sql.Literal(part)))
+    ranges = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT min(customer_id) AS low, max(customer_id) AS high FROM {}").format(name)
+        for name in names)
+    apart = conn.execute(sql.SQL(
+        "SELECT coalesce(bool_and(high < next_low), true) FROM (SELECT high,"
+        " lead(low) OVER (ORDER BY low) AS next_low FROM ({}) r) p"
+        " WHERE next_low IS NOT NULL").format(ranges)).fetchone()
+    if apart and apart[0]:
+        return
     conn.execute("SET LOCAL enable_hashagg = off")
     conn.execute("SET LOCAL enable_sort = off")
     repeated = conn.execute(sql.SQL(

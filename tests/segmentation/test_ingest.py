@@ -342,3 +342,23 @@ def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str, 
         left = query(db, "SELECT relname FROM pg_class WHERE relname LIKE 'landing%%'"
                          " AND relkind = 'r' AND NOT relispartition")
     assert left == [("landing_00000000a1b20000",)]
+
+
+def test_a_duplicate_where_two_slices_meet_is_refused(db: str, tmp_path: Path) -> None:
+    """Slices of a file in id order are not merged to find duplicates (their ranges cannot
+    overlap), unless they touch: the same id ending one slice and starting the next."""
+    from segmentation.csvfile import split_points
+
+    rows = [ROW.replace("C1,", f"C{i:04d},") for i in range(400)]
+    path = write(tmp_path, csv_text(rows))
+    cut = split_points(path, 2)[1]
+    first_of_second = path.read_bytes()[:cut].count(b"\n") - 1  # the header is line 1
+    rows[first_of_second] = rows[first_of_second - 1]  # same length: the cut stays put
+    path = write(tmp_path, csv_text(rows))
+    assert split_points(path, 2)[1] == cut
+    with pytest.raises(IngestError, match=rf"1 duplicated id\(s\), e\.g\. "
+                                          rf"'C{first_of_second - 1:04d}' \(2x\)"):
+        parallel(db, path, streams=2)
+    assert nothing_written(db)
+    rows[first_of_second] = ROW.replace("C1,", f"C{first_of_second:04d},")
+    assert parallel(db, write(tmp_path, csv_text(rows)), streams=2).rows_in == 400
