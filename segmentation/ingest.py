@@ -413,6 +413,7 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
     landing, warnings = map_columns(header)
     batch_id = batch_id or new_batch_id()
     extra = [n for n in landing if n not in COLUMNS]
+    refused = False  # a slice was refused: what is wrong is found as text, at once
     if streams > 1 and encoding in PG_ENCODINGS and path.stat().st_size >= parallel_min_bytes:
         cuts = split_points(path, streams)
         if len(cuts) > 2:
@@ -421,18 +422,18 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
             if landed is not None:
                 return attach_parallel(url, batch_id, str(path), landing, len(cuts) - 1,
                                        *landed, warnings, extra)
+            refused = True
     with connection(url) as conn:
         require_schema(conn)
         drop_orphan_landings(conn)
-        try:  # created where it is filled: COPY FREEZE writes its rows frozen, once
-            with conn.transaction():
-                table = create_landing_table(conn, batch_id, landing)
-                rows_in = copy_file(conn, path, table, landing, delimiter, encoding, progress,
-                                    freeze=True)
-        except RETYPE:
+        typed = None if refused else copy_typed(conn, path, batch_id, landing, delimiter,
+                                                encoding, progress)
+        if typed is None:
             table = create_landing_table(conn, batch_id, landing)
             land_as_text(conn, path, table, landing, delimiter, encoding, progress)
             rows_in = count_rows(conn, sql.Identifier("landing"))
+        else:
+            table, rows_in = typed
         key_batch(conn, table)
         return attach_landing(conn, batch_id, str(path), rows_in, warnings, extra)
 
@@ -446,6 +447,21 @@ def key_batch(conn: psycopg.Connection, table: sql.Composable) -> None:
     except psycopg.errors.UniqueViolation:
         _explain_duplicates(conn, table)
         raise
+
+
+def copy_typed(conn: psycopg.Connection, path: Path, batch_id: str, landing: list[str],
+               delimiter: str, encoding: str, progress: Update | None
+               ) -> tuple[sql.Composable, int] | None:
+    """The file into the batch's table as one stream, the table created where it is filled
+    (COPY FREEZE writes its rows frozen, once); None if a value did not type (nothing
+    kept: the caller lands the file as text to say what is wrong)."""
+    try:
+        with conn.transaction():
+            table = create_landing_table(conn, batch_id, landing)
+            return table, copy_file(conn, path, table, landing, delimiter, encoding, progress,
+                                    freeze=True)
+    except RETYPE:
+        return None
 
 
 def land_in_parallel(url: str, path: Path, batch_id: str, landing: list[str], delimiter: str,
