@@ -55,7 +55,8 @@ typecheck: install
 
 check: lint typecheck test             ## everything CI runs
 
-bench: install                         ## 1M rows: validation, scoring, app lookup
+bench: install                         ## 1M rows: ingest, validation, scoring, app lookup
+	$(BIN)/python benchmarks/bench_ingest.py --rows 1000000
 	$(BIN)/python benchmarks/bench_validation.py
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_app.py
