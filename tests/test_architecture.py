@@ -16,7 +16,8 @@ def test_the_module_list_is_the_package() -> None:
     on_disk = {p.stem for p in (ROOT / "segmentation").glob("*.py") if p.stem != "__init__"}
     on_disk |= {p.parent.name for p in (ROOT / "segmentation").glob("*/__init__.py")}
     assert set(LIBRARY) == on_disk and {"reading", "rebuild", "publishing", "runs",
-                                        "privacy", "drift", "accepting", "cli"} <= set(LIBRARY)
+                                        "privacy", "drift", "accepting", "cli", "csvfile",
+                                        "landing", "structure"} <= set(LIBRARY)
 
 
 def test_the_cli_is_one_module_per_verb_group() -> None:

@@ -329,7 +329,7 @@ def test_an_orphan_of_a_crashed_parallel_ingest_is_dropped_by_the_next(db: str, 
     import psycopg
 
     from segmentation.db import conninfo
-    from segmentation.ingest import LANDING_LOCK
+    from segmentation.landing import LANDING_LOCK
 
     with psycopg.connect(conninfo(db), autocommit=True) as conn:
         conn.execute("CREATE TABLE landing_00000000dead0000 (customer_id text)")
