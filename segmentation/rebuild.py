@@ -138,14 +138,25 @@ def select_moves(table: str, published: str) -> sql.Composed:
 
 
 def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
-                 scored_at: datetime, published: str = "segment_assignments") -> int:
-    """History rows for the build's movers; returns how many. Both tables are read in key
-    order (a merge join): after a retrain that moved many, a hash join of two 10 M-row
-    tables spills."""
+                 scored_at: datetime, published: str = "segment_assignments",
+                 few: bool = False) -> int:
+    """History rows for the build's movers; returns how many. With many movers both tables
+    are read in key order (a merge join: after a retrain that moved many, a hash join of
+    two 10 M-row tables spills). With few (the stream counted them: a retrain that keeps
+    ids moves a few thousand), the build is scanned once and each mover's published row
+    probed by key; the planner cannot know they are few (it prices `old <> new` as nearly
+    every row) and would read both tables whole."""
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    moves = sql.SQL("({})").format(select_moves(table, published))
+    if few:
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        moved = insert_history(conn, moves, result, scored_at)
+        conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
+        conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+        return moved
     with merge_joins(conn):
-        return insert_history(conn, sql.SQL("({})").format(select_moves(table, published)),
-                              result, scored_at)
+        return insert_history(conn, moves, result, scored_at)
 
 
 def insert_history(conn: psycopg.Connection, moves: sql.Composable, result: ScoreResult,

@@ -52,6 +52,9 @@ from segmentation.runs import (
     succeeded_run,
 )
 
+# Movers fewer than one in this many rows: their history is found by probing for them.
+FEW_MOVES = 20
+
 
 @dataclass
 class PartitionResult:
@@ -172,7 +175,8 @@ def finish_build(writer: psycopg.Connection, result: ScoreResult, tables: list[s
         moved = sum(rebuild.publish_moves(writer, table, result, started_at)
                     for table in tables)
     else:
-        moved = sum(rebuild.record_moves(writer, table, result, started_at)
+        few = comparison.moved * FEW_MOVES < sum(comparison.segments.values())
+        moved = sum(rebuild.record_moves(writer, table, result, started_at, few=few)
                     for table in tables)
     if moved != comparison.moved:  # the stream and the table must tell the same story
         raise SegmentationError(f"run {result.run_id}: {moved:,} movers in the build tables,"

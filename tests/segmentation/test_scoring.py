@@ -448,3 +448,21 @@ def test_a_run_with_nothing_to_read_opens_no_reading_session(db: str, champion,
     monkeypatch.setattr(database, "arrow_reader_session", refuse)
     again = scoring.score_customers(db, champion, mode="incremental")
     assert (again.rows_in, again.rows_changed) == (0, 0)
+
+
+def test_a_retrain_that_moves_few_records_exactly_them(db: str, champion) -> None:
+    """A new model that moves a handful: their history is found by probing for them (the
+    planner would read both tables whole), and says exactly who moved, from where."""
+    scoring.score_customers(db, champion, mode="incremental")
+    tampered = query(db, "SELECT customer_id, segment_id FROM segment_assignments"
+                         " ORDER BY customer_id LIMIT 7")
+    with connection(db) as conn:  # published in a segment the model does not give them
+        conn.execute("UPDATE segment_assignments SET segment_id = segment_id + 100"
+                     " WHERE customer_id = ANY(%s)", ([c for c, _ in tampered],))
+    same = register_copy(db, champion, "m-score-few", champion.label_to_segment)
+    result = scoring.score_customers(db, same, mode="incremental")
+    assert (result.published_by, result.rows_moved) == ("swap", 7)
+    assert query(db, "SELECT customer_id, old_segment_id, new_segment_id, old_model_version"
+                     " FROM segment_history WHERE new_model_version = 'm-score-few'"
+                     " ORDER BY customer_id") == \
+        [(c, s + 100, s, champion.version) for c, s in tampered]
