@@ -144,19 +144,25 @@ def record_moves(conn: psycopg.Connection, table: str, result: ScoreResult,
     are read in key order (a merge join: after a retrain that moved many, a hash join of
     two 10 M-row tables spills). With few (the stream counted them: a retrain that keeps
     ids moves a few thousand), the build is scanned once and each mover's published row
-    probed by key; the planner cannot know they are few (it prices `old <> new` as nearly
-    every row) and would read both tables whole."""
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-    moves = sql.SQL("({})").format(select_moves(table, published))
+    looked up by key; left to choose, the planner prices `old <> new` as nearly every row
+    and reads both tables whole, or probes the build once per published row."""
     if few:
-        conn.execute("SET LOCAL enable_mergejoin = off")
-        conn.execute("SET LOCAL enable_hashjoin = off")
-        moved = insert_history(conn, moves, result, scored_at)
-        conn.execute("SET LOCAL enable_mergejoin TO DEFAULT")
-        conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
-        return moved
+        return insert_history(conn, sql.SQL("({})").format(select_few_moves(table, published)),
+                              result, scored_at)
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     with merge_joins(conn):
-        return insert_history(conn, moves, result, scored_at)
+        return insert_history(conn, sql.SQL("({})").format(select_moves(table, published)),
+                              result, scored_at)
+
+
+def select_few_moves(table: str, published: str) -> sql.Composed:
+    """select_moves as one scan of the build and a lookup by key per mover (a mover was
+    published: its old segment came from there)."""
+    return sql.SQL(
+        "SELECT b.customer_id, b.old_segment_id, b.segment_id, (SELECT a.model_version"
+        " FROM {} a WHERE a.customer_id = b.customer_id) FROM {} b"
+        " WHERE b.old_segment_id <> b.segment_id"
+    ).format(sql.Identifier(published), sql.Identifier(table))
 
 
 def insert_history(conn: psycopg.Connection, moves: sql.Composable, result: ScoreResult,
