@@ -259,6 +259,16 @@ def merge_joins(conn: psycopg.Connection) -> Iterator[None]:
     conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
 
 
+def unattached_tables(conn: psycopg.Connection, prefix: str) -> list[str]:
+    """Tables (plain or partitioned) of this schema named prefix..., attached to nothing:
+    a run's builds, an ingest's slices, left by whoever created them."""
+    return [name for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
+        " AND c.relname LIKE %s AND NOT c.relispartition ORDER BY 1",
+        (prefix.replace("_", "\\_") + "%",)).fetchall()]
+
+
 def sa_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """A SQLAlchemy engine (pandas, GX, the app) with pre-ping for long-lived pools."""
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size,

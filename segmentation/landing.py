@@ -22,13 +22,12 @@ from psycopg import sql
 
 from segmentation.accepting import landing_name
 from segmentation.csvfile import PG_ENCODINGS, file_blocks, file_slice
-from segmentation.db import connect, require_schema
+from segmentation.db import connect, require_schema, unattached_tables
 from segmentation.errors import IngestError
 from segmentation.features import FEATURES
 from segmentation.progress import Update
 from segmentation.structure import check_ids, create_text_landing, explain_duplicates, type_landing
 
-# ids are keys: btree entries must stay small
 # A file this big streams on several connections at once (PostgreSQL parses each COPY on
 # one core); smaller ones are not worth the extra connections.
 PARALLEL_MIN_BYTES = 64 << 20
@@ -276,7 +275,7 @@ def drop_quietly(owner: psycopg.Connection, batch_id: str) -> None:
     they are orphans the next ingest drops."""
     try:
         if not owner.closed:
-            for name in unattached_landings(owner, landing_name(batch_id)):
+            for name in unattached_tables(owner, landing_name(batch_id)):
                 owner.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
     except psycopg.Error:
         pass
@@ -284,20 +283,11 @@ def drop_quietly(owner: psycopg.Connection, batch_id: str) -> None:
         owner.close()
 
 
-def unattached_landings(conn: psycopg.Connection, prefix: str = "landing_") -> list[str]:
-    """Batch tables and slices attached to nothing."""
-    return [name for (name,) in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
-        " AND c.relname LIKE %s AND NOT c.relispartition ORDER BY 1",
-        (prefix.replace("_", "\\_") + "%",)).fetchall()]
-
-
 def drop_orphan_landings(conn: psycopg.Connection) -> list[str]:
     """Drop batch tables and slices attached to nothing whose ingest is gone (the lock on
     their batch's name is free)."""
     dropped = []
-    for name in unattached_landings(conn):
+    for name in unattached_tables(conn, "landing_"):
         base = name[:len("landing_") + 16]  # a slice's batch
         row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
                            (LANDING_LOCK, base)).fetchone()

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from segmentation.db import connection, merge_joins
+from segmentation.db import connection, merge_joins, unattached_tables
 from segmentation.features import ID_COLUMN
 from segmentation.reading import in_partition, packed_features
 from segmentation.runs import ScoreResult, last_succeeded
@@ -289,12 +289,7 @@ def upsert_build(conn: psycopg.Connection, table: str, result: ScoreResult,
 
 def unattached_builds(conn: psycopg.Connection, run_id: str | None = None) -> list[str]:
     """Build tables attached to nothing (all runs', or run_id's)."""
-    prefix = build_name(run_id) if run_id else BUILD_PREFIX
-    return [name for (name,) in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname LIKE %s"
-        " AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)"
-        " ORDER BY 1", (prefix.replace("_", r"\_") + "%",)).fetchall()]
+    return unattached_tables(conn, build_name(run_id) if run_id else BUILD_PREFIX)
 
 
 def drop_tables(conn: psycopg.Connection, names: list[str]) -> None:
