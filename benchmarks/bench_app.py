@@ -12,7 +12,9 @@ page's last element shown):
 - each page, reached from the navigation;
 - 10 lookups of random ids, one after another (median, max), then 20 browser tabs looking
   up ids at once (p50, p95), then 20 sessions at once spoken to in Streamlit's own protocol
-  without a browser (the app's side of 20 people on their own machines);
+  without a browser (the app's side of 20 people on their own machines), and the same 20
+  tabs against the least a Streamlit lookup can be (bare_lookup_app.py: a box and one line
+  of text, no database): the floor of Streamlit and Chromium sharing this machine;
 - the app process's peak RSS (its process tree, sampled every 50 ms);
 - the data layer's lookup alone, sequential and 50 threads at once.
 Targets: first load after a night <= 3 s, each page <= 1 s, a lookup <= 0.5 s, p95 <= 1 s
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import free_port, throwaway_database, wait_for_http  # noqa: E402
 from segmentation import registry, scoring  # noqa: E402
+from segmentation.cli.appserver import streamlit_command  # noqa: E402
 from segmentation.db import connection  # noqa: E402
 from streamlit_app.data import lookup_customer, lookup_pool  # noqa: E402
 
@@ -193,10 +196,25 @@ def browser_run(url: str, ids: list[str], night) -> dict[str, object]:  # type: 
             busy, rss.cpu_seconds() - app_cpu, time.perf_counter() - started)
         out["lookups, 20 sessions"] = asyncio.run(twenty_sessions(port, ids[70:130]))
         out["app RSS MiB"] = rss.stop()
+        out["bare lookups, 20 tabs"] = bare_tabs(ids[10:70])
     finally:
         server.terminate()
         server.wait(20)
     return out
+
+
+def bare_tabs(ids: list[str]) -> list[float]:
+    """The 20 tabs against the bare lookup page, served as the app is."""
+    port = free_port()
+    server = subprocess.Popen(streamlit_command(Path(__file__).with_name("bare_lookup_app.py"),
+                                                port), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health")
+        return asyncio.run(twenty_tabs(f"http://127.0.0.1:{port}", ids))
+    finally:
+        server.terminate()
+        server.wait(20)
 
 
 async def read_run(ws) -> tuple[dict[str, str], list[str]]:  # type: ignore[no-untyped-def]
@@ -337,6 +355,7 @@ def main() -> None:
         lookups: list[float] = seen["lookups"]  # type: ignore[assignment]
         tabs: list[float] = seen["lookups, 20 tabs"]  # type: ignore[assignment]
         sessions: list[float] = seen["lookups, 20 sessions"]  # type: ignore[assignment]
+        bare: list[float] = seen["bare lookups, 20 tabs"]  # type: ignore[assignment]
         rows = [
             ("first load after the app starts", seen["first load after the app starts"], None),
             ("first load after a night", seen["first load after a night"],
@@ -346,6 +365,8 @@ def main() -> None:
             ("lookup, max of 10", max(lookups), None),
             ("lookup p50, 20 tabs at once", statistics.median(tabs), None),
             ("lookup p95, 20 tabs at once", p95(tabs), TARGETS["lookup p95"]),
+            ("bare Streamlit lookup p50, 20 tabs", statistics.median(bare), None),
+            ("bare Streamlit lookup p95, 20 tabs", p95(bare), None),
             ("lookup p50, 20 sessions, no browser", statistics.median(sessions), None),
             ("lookup p95, 20 sessions, no browser", p95(sessions), TARGETS["lookup p95"]),
         ]
@@ -360,6 +381,8 @@ def main() -> None:
         print(f"{'  during the 20 tabs':<34} machine {busy:.0%} busy over {wall:.1f} s; the "
               f"app's process tree {used:.1f} s of CPU ({used / (wall * os.cpu_count()):.0%} "
               "of the machine), the rest Chromium")
+        print(f"{'  20 tabs, p95: bare page / app':<34} {p95(bare) / p95(tabs):7.2f} "
+              "(1.00: the app costs no more than Streamlit itself)")
         memory = float(seen["app RSS MiB"])  # type: ignore[arg-type]
         ok = memory <= TARGETS["app RSS MiB"]
         met &= ok

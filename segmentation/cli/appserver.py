@@ -34,18 +34,23 @@ def run_app(
             "SEGMENTATION_APP_ALLOWED_USERS), or pass --no-login if something else guards it")
     script = Path(__file__).resolve().parents[2] / "streamlit_app" / "app.py"
     env = app_environment(current_settings(), dict(os.environ))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-           "--server.address", address, "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
-           # a served app, not a development one: no watching of every imported module's
-           # source for changes, and no full garbage collection after every script run
-           # (each costs every session's rerun, many at once)
-           "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
+    cmd = streamlit_command(script, port, address)
     sys.stdout.flush()
     sys.stderr.flush()
     # the server replaces this process: its pid is the one ops see and stop, and no child
     # outlives a killed parent
     os.execve(sys.executable, cmd, env)
+
+
+def streamlit_command(script: Path, port: int, address: str = "127.0.0.1") -> list[str]:
+    """How a script is served as the app is (the benchmark serves its baseline page so)."""
+    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+            "--server.address", address, "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+            # a served app, not a development one: no watching of every imported module's
+            # source for changes, and no full garbage collection after every script run
+            # (each costs every session's rerun, many at once)
+            "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"]
 
 
 def app_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
