@@ -120,6 +120,18 @@ def select_customers(mode: Mode, model_version: str,
     return query
 
 
+def reader_settings(compare: bool) -> list[str]:
+    """The reading session's plan settings: a build's reader (compare) merges customers with
+    the published rows by two key scans, in one process, with nothing worth compiling.
+    Hashed, 10 M rows spill to disk in batches; once a night's updates have moved rows out
+    of key order the planner prices the key scans above sorting, and each parallel worker
+    then sorted the whole published table again."""
+    if not compare:
+        return []
+    return ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_sort = off",
+            "SET LOCAL max_parallel_workers_per_gather = 0", "SET LOCAL jit = off"]
+
+
 def iter_chunks(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int
                 ) -> Iterator[pd.DataFrame]:
     """Stream a query of COLUMNS (see iter_tables) and yield DataFrames of chunk_rows rows."""
@@ -144,9 +156,7 @@ def iter_tables(conn: psycopg.Connection, query: sql.Composed, chunk_rows: int,
     names = list(columns) + (list(OLD_COLUMNS) if compare else [])
     snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
     assert snapshot is not None
-    # a merge join of two key scans (hashed, 10 M rows spill to disk in batches), with
-    # nothing in it worth compiling
-    settings = ["SET LOCAL enable_hashjoin = off", "SET LOCAL jit = off"] if compare else []
+    settings = reader_settings(compare)
     # the driver sizes its batches in bytes: about a chunk's worth
     batch_bytes = max(chunk_rows, 1) * (16 + 9 * len(names))
     batches: queue.Queue[Any] = queue.Queue(maxsize=2)
