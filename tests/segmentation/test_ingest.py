@@ -362,3 +362,42 @@ def test_a_duplicate_where_two_slices_meet_is_refused(db: str, tmp_path: Path) -
     assert nothing_written(db)
     rows[first_of_second] = ROW.replace("C1,", f"C{first_of_second:04d},")
     assert parallel(db, write(tmp_path, csv_text(rows)), streams=2).rows_in == 400
+
+
+def test_the_row_match_passes_exactly_the_rows_whose_values_all_pass(db: str) -> None:
+    """check_numbers matches each row once and each value only in rows that fail: the two
+    must agree on every row (commas, blanks, tabs, line breaks, signs, exponents, words)."""
+    import random
+
+    import psycopg
+    from psycopg import sql
+
+    from segmentation.db import conninfo
+    from segmentation.features import FEATURES
+    from segmentation.structure import NUMBER_RE, ROW_RE
+
+    values = [None, "", " ", "  ", "\t", " \t1", "1", "-2.5", "+.5", "1.", ".", "1e5", "1E-3",
+              "1e", "NaN", " nan ", "-Inf", "Infinity", "infinit", "1,5", ",", "1 2", "ninety",
+              "1\n", "\n", "0x1f", "١"]
+    rng = random.Random(3)
+    rows = [[rng.choice(values) if rng.random() < 0.3 else str(rng.random()) for _ in FEATURES]
+            for _ in range(3000)]
+    rows += [[v] * len(FEATURES) for v in values]  # each value alone, everywhere
+    each = sql.SQL(" AND ").join(
+        sql.SQL("coalesce(NULLIF(btrim({c}), '') ~* {re}, true)").format(
+            c=sql.Identifier(n), re=sql.Literal(NUMBER_RE)) for n in FEATURES)
+    joined = sql.SQL("concat_ws(',', {})").format(sql.SQL(", ").join(
+        sql.SQL("coalesce({}, '')").format(sql.Identifier(n)) for n in FEATURES))
+    with psycopg.connect(conninfo(db)) as conn:
+        conn.execute(sql.SQL("CREATE TEMP TABLE landing ({})").format(sql.SQL(", ").join(
+            sql.SQL("{} text").format(sql.Identifier(n)) for n in FEATURES)))
+        with conn.cursor().copy(sql.SQL("COPY landing FROM STDIN")) as copy:
+            for row in rows:
+                copy.write_row(row)
+        disagree = conn.execute(sql.SQL(
+            "SELECT count(*) FILTER (WHERE ({each}) <> ({joined} ~* {re})),"
+            " count(*) FILTER (WHERE NOT ({each})) FROM landing").format(
+            each=each, joined=joined, re=sql.Literal(ROW_RE))).fetchone()
+    assert disagree is not None
+    assert disagree[0] == 0
+    assert 0 < disagree[1] < len(rows)  # both kinds of row were there
