@@ -145,4 +145,9 @@ def test_a_build_reads_both_tables_by_their_keys_even_out_of_key_order(db: str) 
     def kinds(node: dict) -> list[str]:  # type: ignore[type-arg]
         return [node["Node Type"]] + [k for child in node.get("Plans", []) for k in kinds(child)]
 
-    assert kinds(plan[0][0]["Plan"]) == ["Merge Join", "Index Scan", "Index Scan"]
+    # (the published side is a Merge Append of key scans when earlier tests left it in
+    # several partitions: key order still, nothing sorted)
+    plan_kinds = kinds(plan[0][0]["Plan"])
+    assert plan_kinds[0] == "Merge Join", plan_kinds
+    assert {k for k in plan_kinds if "Scan" in k} == {"Index Scan"}, plan_kinds
+    assert not {"Sort", "Gather", "Gather Merge"} & set(plan_kinds), plan_kinds
