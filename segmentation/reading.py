@@ -123,9 +123,9 @@ def select_customers(mode: Mode, model_version: str,
 def reader_settings(compare: bool) -> list[str]:
     """The reading session's plan settings: a build's reader (compare) merges customers with
     the published rows by two key scans, in one process, with nothing worth compiling.
-    Hashed, 10 M rows spill to disk in batches; once a night's updates have moved rows out
-    of key order the planner prices the key scans above sorting, and each parallel worker
-    then sorted the whole published table again."""
+    Hashed, a night's rows spill to disk in batches; once a night's updates have moved rows
+    out of key order the planner prices the key scans above sorting, and each parallel
+    worker then sorted the whole published table again."""
     if not compare:
         return []
     return ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_sort = off",

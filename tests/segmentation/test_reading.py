@@ -118,7 +118,7 @@ def test_a_build_reads_both_tables_by_their_keys_even_out_of_key_order(db: str) 
     """A rebuild's reader merges customers with the published rows by two key scans in one
     process, even when rows are out of key order (as a night's updates leave them) and the
     planner would rather sort: it then sorted the whole published table in each parallel
-    worker (at 30 M, a night after a retrain took 1.5x as long)."""
+    worker, on disk (docs/performance.md has what that cost at 30 M)."""
     import random
 
     from segmentation.rebuild import select_for_build
