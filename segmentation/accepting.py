@@ -69,7 +69,9 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     if row and row[0]:
         inserted, updated = merge_changes(conn, batch_id)
     else:
-        inserted, updated = insert_all(conn, batch_id), 0
+        attached = attach_first_load(conn, batch_id)
+        inserted = insert_all(conn, batch_id) if attached is None else attached
+        updated = 0
     drop_landed(conn, batch_id)  # the landed rows are done with
     # fresh statistics: tonight's incremental run plans "loaded since" as an index range
     conn.execute("ANALYZE customers")
@@ -78,35 +80,141 @@ def accept_batch(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     return inserted, updated
 
 
+def attach_first_load(conn: psycopg.Connection, batch_id: str) -> int | None:
+    """The first load: the batch's tables become customers' partitions (one per slice, each
+    keyed already), so its rows are written once. Returns the rows accepted, or None when
+    the batch must be copied instead (insert_all): slices whose id ranges overlap, nothing
+    left to attach, or a scoring run that may have read customers after the rows were
+    stamped."""
+    table = landing_name(batch_id)
+    slices = [name for (name,) in conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s::regclass"
+        " ORDER BY 1", (table,))] or [table]
+    marked = conn.execute("SELECT count(*) FROM pg_constraint WHERE conname = 'one_batch'"
+                          " AND conrelid = ANY (%s::regclass[])", (slices,)).fetchone()
+    if not marked or marked[0] != len(slices):  # landed before sql/018: copied
+        return None
+    if not stamped_before_every_run(conn, slices):
+        return None
+    conn.execute("LOCK TABLE customers_incoming IN ACCESS EXCLUSIVE MODE")  # as drop_landed
+    conn.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+    conn.execute("DELETE FROM customers_incoming i USING customers_quarantine q"
+                 " WHERE i.batch_id = %(batch)s AND q.batch_id = %(batch)s"
+                 " AND q.customer_id = i.customer_id", {"batch": batch_id})
+    ranges = slice_ranges(conn, slices)
+    if not ranges or not all(apart for _, _, _, apart in ranges):
+        return None
+    counted = conn.execute("SELECT count(*) FROM customers_incoming WHERE batch_id = %s",
+                           (batch_id,)).fetchone()
+    conn.execute(sql.SQL("ALTER TABLE customers_incoming DETACH PARTITION {}")
+                 .format(sql.Identifier(table)))
+    if slices != [table]:
+        for name in slices:
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                sql.Identifier(table), sql.Identifier(name)))
+    drop_partitions(conn)
+    for name in set(slices) - {name for name, _, _, _ in ranges}:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))  # left empty
+    for part, (name, low, high, _) in enumerate(ranges):
+        attach_range(conn, name, f"customers_{table.removeprefix('landing_')}_{part}",
+                     None if part == 0 else low, high)
+    return int(counted[0]) if counted else 0
+
+
+def slice_ranges(conn: psycopg.Connection, slices: list[str]
+                 ) -> list[tuple[str, str, str | None, bool]]:
+    """Each slice holding rows, in key order: its name, its lowest id, the next slice's
+    lowest id (None for the last), and whether all its ids are below that. Ordered by
+    the database, in the collation its key and partitions use."""
+    each = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {} AS name, min(customer_id) AS low, max(customer_id) AS high"
+                " FROM {}").format(sql.Literal(name), sql.Identifier(name)) for name in slices)
+    return [(str(name), str(low), nxt, bool(apart)) for name, low, nxt, apart in conn.execute(
+        sql.SQL("SELECT name, low, next_low, coalesce(high < next_low, true) FROM ("
+                " SELECT name, low, high, lead(low) OVER (ORDER BY low) AS next_low"
+                " FROM ({}) r WHERE low IS NOT NULL) o ORDER BY low").format(each))]
+
+
+def stamped_before_every_run(conn: psycopg.Connection, slices: list[str]) -> bool:
+    """Whether no scoring run is in flight, nor started since the batch's rows were stamped.
+    Attached, the rows keep the loaded_at of their COPY, earlier than this accept: a run
+    that started after it but read customers before this commit would set the next
+    incremental run's watermark above rows it never saw. (A slice's rows are stamped by
+    their column default in the one transaction that filled it: one row tells.)"""
+    from segmentation.runs import LOCK_HOLDERS, SCORE_LOCK  # runs imports validation, this
+
+    row = conn.execute("SELECT EXISTS (SELECT " + LOCK_HOLDERS + ")", (SCORE_LOCK,)).fetchone()
+    if not row or row[0]:
+        return False
+    stamped = sql.SQL(" UNION ALL ").join(
+        sql.SQL("(SELECT loaded_at FROM {} LIMIT 1)").format(sql.Identifier(name))
+        for name in slices)
+    row = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT FROM scoring_runs WHERE started_at"
+                               " >= (SELECT min(loaded_at) FROM ({}) s))").format(stamped)
+                       ).fetchone()
+    return bool(row and row[0])
+
+
+def attach_range(conn: psycopg.Connection, table: str, name: str, low: str | None,
+                 high: str | None) -> None:
+    """A batch's table as customers' partition for ids in [low, high) (None: unbounded),
+    renamed; its batch's marks dropped (metadata only). A CHECK of the same bounds, proven
+    by one scan of the table, spares ATTACH its own scan under the lock of customers."""
+    if table != name:  # a batch's table: its marks go (metadata only)
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT one_batch, DROP COLUMN slice,"
+                             " ALTER COLUMN batch_id DROP DEFAULT").format(sql.Identifier(table)))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(table), sql.Identifier(name)))
+    bounds = [sql.SQL("customer_id >= {}").format(sql.Literal(low)) if low is not None else None,
+              sql.SQL("customer_id < {}").format(sql.Literal(high)) if high is not None else None]
+    check = [b for b in bounds if b is not None]
+    if check:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT in_range CHECK ({})").format(
+            sql.Identifier(name), sql.SQL(" AND ").join(check)))
+    conn.execute(sql.SQL("ALTER TABLE customers ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})")
+                 .format(sql.Identifier(name),
+                         sql.SQL("MINVALUE") if low is None else sql.Literal(low),
+                         sql.SQL("MAXVALUE") if high is None else sql.Literal(high)))
+    if check:
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT in_range").format(
+            sql.Identifier(name)))
+    # a duplicate id then names customers' key, whichever partition holds it
+    key = conn.execute("SELECT indexrelid::regclass::text FROM pg_index"
+                       " WHERE indrelid = %s::regclass AND indisprimary", (name,)).fetchone()
+    if key:
+        conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(key[0]), sql.Identifier(name.replace("customers_", "customers_pkey_",
+                                                                1))))
+
+
 def insert_all(conn: psycopg.Connection, batch_id: str) -> int:
-    """The first load: every row is new, so nothing is compared. customers is empty, so its
-    indexes are dropped and built again once the rows are in: one sort each instead of an
-    insertion per row into each (nobody reads customers meanwhile: dropping an index locks
-    the table until the commit)."""
-    indexes = conn.execute(
-        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname,"
-        " pg_get_constraintdef(c.oid) FROM pg_index i LEFT JOIN pg_constraint c"
-        " ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid"
-        " WHERE i.indrelid = 'customers'::regclass ORDER BY 1").fetchall()
-    for index, _, constraint, _ in indexes:
-        conn.execute(sql.SQL("ALTER TABLE customers DROP CONSTRAINT {}").format(
-            sql.Identifier(constraint)) if constraint else
-            sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+    """The first load, copied (its tables could not be attached): into a table of its own,
+    unindexed while the rows go in, then attached as customers' one partition, which builds
+    its indexes (one sort each, not an insertion per row into each)."""
+    name = f"customers_{landing_name(batch_id).removeprefix('landing_')}_0"
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE customers INCLUDING DEFAULTS)")
+                 .format(sql.Identifier(name)))
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     inserted = conn.execute(sql.SQL(
-        "INSERT INTO customers (customer_id, {features}, batch_id, loaded_at)"
+        "INSERT INTO {table} (customer_id, {features}, batch_id, loaded_at)"
         " SELECT i.customer_id, {features}, %(batch)s, statement_timestamp()"
         " FROM customers_incoming i WHERE i.batch_id = %(batch)s AND NOT EXISTS ("
         "  SELECT FROM customers_quarantine q"
         "  WHERE q.batch_id = %(batch)s AND q.customer_id = i.customer_id)").format(
-            features=features), {"batch": batch_id}).rowcount
+            table=sql.Identifier(name), features=features), {"batch": batch_id}).rowcount
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the key's sort in memory
-    for _, definition, constraint, constraint_definition in indexes:
-        # the definitions as the catalogue states them (not values: no parameters to bind)
-        conn.execute(sql.SQL("ALTER TABLE customers ADD CONSTRAINT {} {}").format(
-            sql.Identifier(constraint), sql.SQL(constraint_definition)) if constraint else
-            sql.SQL(definition))
+    conn.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+    drop_partitions(conn)
+    attach_range(conn, name, name, None, None)
+    conn.execute("RESET maintenance_work_mem")
     return int(inserted)
+
+
+def drop_partitions(conn: psycopg.Connection) -> None:
+    """customers' partitions, gone: it is empty, and a first load brings its own."""
+    for (old,) in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits"
+                               " WHERE inhparent = 'customers'::regclass").fetchall():
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
 
 
 def merge_changes(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:

@@ -102,6 +102,29 @@ def test_connection_killed_during_validation_is_re_evaluated(db: str, big_csv: P
     assert query(db, "SELECT count(*) FROM customers") == [(200_000,)]
 
 
+def test_connection_killed_as_a_first_load_becomes_customers_changes_nothing(
+        db: str, big_csv: Path) -> None:
+    """A first load's slices are attached to customers in the accept's one transaction:
+    killed there, customers is as it was (empty, with its one partition) and the batch is
+    still landed, whole; validated again, it is accepted."""
+    batch = ingest_csv(db, big_csv, streams=2, parallel_min_bytes=0).batch_id
+    partitions = ("SELECT inhrelid::regclass::text FROM pg_inherits"
+                  " WHERE inhparent = 'customers'::regclass")
+    before = query(db, partitions)
+    killer = kill_backends_running(db, "ALTER TABLE customers ATTACH PARTITION%")
+    with pytest.raises(psycopg.OperationalError):
+        validate_batch(db, batch)
+    killer.join()
+    assert query(db, partitions) == before
+    assert query(db, "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM"
+                     " customers_incoming), (SELECT status FROM ingest_batches)") == \
+        [(0, 200_000, "loaded")]
+    report = validate_batch(db, batch)
+    assert report.success and report.rows_accepted + report.rows_quarantined == 200_000
+    assert query(db, "SELECT count(*) FROM customers") == [(report.rows_accepted,)]
+    assert len(query(db, partitions)) == 2
+
+
 def break_rules(monkeypatch, error: str) -> None:  # type: ignore[no-untyped-def]
     """GX reports three rules as not evaluated, with `error`, in every pass."""
     from segmentation import validation

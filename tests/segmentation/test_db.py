@@ -249,3 +249,34 @@ def test_batch_partitions_migration_keeps_landed_batches_validatable(
     assert (report.success, report.rows_accepted) == (True, 2), report.summary()
     assert query(fresh_database, "SELECT count(*) FROM pg_inherits WHERE inhparent ="
                                  " 'customers_incoming'::regclass") == [(1,)]
+
+
+def test_range_migration_keeps_customers_and_their_key(fresh_database: str,
+                                                       tmp_path: Path) -> None:
+    """019 turns a customers holding data into the parent of one partition of every id: the
+    same rows, the key still named customers_pkey, the app reading it through the parent
+    only."""
+    apply_migrations(fresh_database, migrations_until(tmp_path, "018"))
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        conn.execute("INSERT INTO customers (customer_id, balance, tenure, batch_id)"
+                     " SELECT 'C' || i, i, 12, 'b-old' FROM generate_series(1, 100) i")
+    rows = "SELECT * FROM customers ORDER BY customer_id"
+    before = query(fresh_database, rows)
+    assert [m.split("_")[0] for m in apply_migrations(
+        fresh_database, migrations_until(tmp_path, "019"))] == ["019"]
+    assert query(fresh_database, rows) == before
+    assert query(fresh_database, "SELECT inhrelid::regclass::text, pg_get_expr(c.relpartbound,"
+                                 " c.oid) FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid"
+                                 " WHERE inhparent = 'customers'::regclass") == \
+        [("customers_all", "FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")]
+    assert query(fresh_database, "SELECT indexname FROM pg_indexes WHERE tablename ="
+                                 " 'customers' ORDER BY 1") == \
+        [("customers_loaded_at_idx",), ("customers_pkey",)]
+    with psycopg.connect(conninfo(fresh_database)) as conn, \
+            pytest.raises(psycopg.errors.UniqueViolation, match="customers_pkey"):
+        conn.execute("INSERT INTO customers (customer_id, batch_id) VALUES ('C1', 'b')")
+    with psycopg.connect(conninfo(fresh_database)) as conn:
+        conn.execute("SET ROLE segmentation_app")
+        assert conn.execute("SELECT count(*) FROM customers").fetchone() == (100,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM customers_all")

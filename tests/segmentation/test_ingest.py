@@ -362,3 +362,116 @@ def test_a_duplicate_where_two_slices_meet_is_refused(db: str, tmp_path: Path) -
     assert nothing_written(db)
     rows[first_of_second] = ROW.replace("C1,", f"C{first_of_second:04d},")
     assert parallel(db, write(tmp_path, csv_text(rows)), streams=2).rows_in == 400
+
+
+def slice_tables(db: str) -> list[tuple[int, int]]:
+    """The tables holding a landed batch's rows (its slices, or its one table), as OIDs and
+    row counts."""
+    return query(db, "SELECT c.oid::int, c.reltuples::int FROM pg_class c"
+                     " WHERE c.relname LIKE 'landing%%' AND c.relkind = 'r' ORDER BY c.relname")
+
+
+def customer_partitions(db: str) -> list[tuple[str, int, str]]:
+    return query(db, "SELECT c.relname::text, c.oid::int, pg_get_expr(c.relpartbound, c.oid)"
+                     " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                     " WHERE i.inhparent = 'customers'::regclass ORDER BY 1")
+
+
+def test_a_first_load_in_slices_becomes_customers_without_a_copy(db: str, tmp_path: Path
+                                                                  ) -> None:
+    """A first load's slices, validated, are attached as customers' partitions: the very
+    tables the file was copied into (their OIDs), its quarantined rows out, the key whole;
+    later batches merge into them, whatever their ids."""
+    from segmentation.validation import validate_batch
+
+    rows = [ROW.replace("C1,", f"C{i:04d},") for i in range(400)]
+    rows[7] = rows[7].replace(",40.9,", ",-5,")  # a negative balance: quarantined
+    batch = parallel(db, write(tmp_path, csv_text(rows)), streams=2).batch_id
+    landed = slice_tables(db)
+    assert len(landed) == 2
+    report = validate_batch(db, batch)
+    assert report.success and (report.rows_accepted, report.rows_quarantined) == (399, 1)
+    partitions = customer_partitions(db)
+    assert sorted(oid for _, oid, _ in partitions) == sorted(oid for oid, _ in landed)
+    assert partitions[0][2].startswith("FOR VALUES FROM (MINVALUE)")
+    assert partitions[-1][2].endswith("TO (MAXVALUE)")
+    assert query(db, "SELECT count(*), count(DISTINCT batch_id) FROM customers") == [(399, 1)]
+    assert query(db, "SELECT count(*) FROM customers WHERE customer_id = 'C0007'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM pg_index i JOIN pg_inherits p ON p.inhrelid ="
+                     " i.indrelid WHERE p.inhparent = 'customers'::regclass AND i.indisvalid"
+                     ) == [(4,)]  # each partition: the key and loaded_at
+    with pytest.raises(Exception, match="customers_pkey"):
+        query(db, "INSERT INTO customers SELECT * FROM customers LIMIT 1")
+    # a later batch: ids below, between and above the first load's, and a changed row
+    later = [ROW.replace("C1,", f"{i},") for i in ("A1", "C0199a", "Z9")]
+    later.append(ROW.replace("C1,40.9,", "C0300,41.9,"))
+    load_batch(db, write(tmp_path, csv_text(later), "later.csv"))
+    assert query(db, "SELECT count(*) FROM customers") == [(402,)]
+    assert query(db, "SELECT balance FROM customers WHERE customer_id = 'C0300'") == [(41.9,)]
+    assert [name for name, _, _ in customer_partitions(db)] == [n for n, _, _ in partitions]
+
+
+@pytest.mark.parametrize("case", ["ids not in order", "a run in flight", "a night since"])
+def test_a_first_load_is_copied_when_its_tables_cannot_be_attached(
+        db: str, tmp_path: Path, case: str, request: pytest.FixtureRequest) -> None:
+    """Slices whose id ranges overlap cannot be ranges of customers. And attached rows keep
+    their COPY's stamp: a scoring run that may have read customers after it (one in
+    flight, or a night that ran since) would break what incremental runs rely on, that a
+    row a run did not see is stamped after that run started (reading.open_snapshot). Then
+    the rows are copied, stamped as they are accepted, into one partition of every id."""
+    import psycopg
+
+    from segmentation import scoring
+    from segmentation.db import conninfo
+    from segmentation.runs import SCORE_LOCK
+    from segmentation.validation import validate_batch
+    from tests.helpers import register_champion
+
+    ids = [f"C{i:04d}" for i in range(400)]
+    if case == "ids not in order":
+        ids = ids[::2] + ids[1::2]
+    rows = [ROW.replace("C1,", f"{i},") for i in ids]
+    batch = parallel(db, write(tmp_path, csv_text(rows)), streams=2).batch_id
+    landed = slice_tables(db)
+    champion = None
+    if case == "a night since":  # on a database whose file has landed, not been accepted
+        champion = register_champion(db, request.getfixturevalue("trained"),
+                                     request.getfixturevalue("models_dir"), "m-stamp")
+        assert scoring.score_customers(db, champion, mode="full").rows_in == 0
+    with psycopg.connect(conninfo(db), autocommit=True) as run:
+        if case == "a run in flight":
+            run.execute("SELECT pg_advisory_lock(%s)", (SCORE_LOCK,))
+        assert validate_batch(db, batch).success
+    if champion is not None:
+        assert scoring.score_customers(db, champion, mode="incremental").rows_scored == 400
+    (_, oid, bound), = customer_partitions(db)
+    assert oid not in [o for o, _ in landed] and bound == "FOR VALUES FROM (MINVALUE) TO (MAXVALUE)"
+    assert query(db, "SELECT count(*) FROM customers") == [(400,)]
+    with pytest.raises(Exception, match="customers_pkey"):
+        query(db, "INSERT INTO customers SELECT * FROM customers LIMIT 1")
+
+
+def test_a_slice_left_empty_by_the_quarantine_is_dropped_not_attached(db: str, tmp_path: Path
+                                                                       ) -> None:
+    """Every row of a first load's last slice quarantined: the other slices become
+    customers, the empty one goes, and no table of the batch is left behind."""
+    from segmentation.csvfile import split_points
+    from segmentation.validation import validate_batch
+
+    rows = [ROW.replace("C1,", f"C{i:04d},") for i in range(300)]
+    cuts = split_points(write(tmp_path, csv_text(rows)), 3)
+    last = write(tmp_path, csv_text(rows)).read_bytes()[cuts[2]:].count(b"\n")
+    rows[-last:] = [r.replace(",40.9,", ",-5.0,") for r in rows[-last:]]  # same length
+    path = write(tmp_path, csv_text(rows))
+    assert split_points(path, 3) == cuts
+    batch = parallel(db, path, streams=3).batch_id
+    assert len(slice_tables(db)) == 3
+    report = validate_batch(db, batch, max_quarantine_share=0.5)
+    assert report.success and (report.rows_accepted, report.rows_quarantined) == (300 - last, last)
+    bounds = [bound for _, _, bound in customer_partitions(db)]
+    assert len(bounds) == 2 and bounds[0].startswith("FOR VALUES FROM (MINVALUE) TO ('C0")
+    assert bounds[1].endswith("TO (MAXVALUE)")
+    assert query(db, "SELECT count(*), min(customer_id), max(customer_id) FROM customers") == \
+        [(300 - last, "C0000", f"C{299 - last:04d}")]
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'") == [(0,)]
