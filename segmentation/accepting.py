@@ -221,7 +221,6 @@ def merge_changes(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     """Insert the batch's new customers and update its changed ones; (inserted, updated)."""
     features = sql.SQL(", ").join(sql.Identifier(n) for n in FEATURES)
     incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
-    current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
     # One join finds the new and the changed rows; then plain UPDATE and INSERT of just
     # those, so an unchanged row is compared once and never written. Both sides are
     # indexed by customer_id, so the join is a merge in key order: a hash join spills once
@@ -232,13 +231,8 @@ def merge_changes(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
     conn.execute("SET LOCAL work_mem = '256MB'")
     conn.execute("SET LOCAL enable_sort = off")
     with merge_joins(conn):
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE accept_changes ON COMMIT DROP AS"
-            " SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
-            " FROM customers_incoming i LEFT JOIN customers c ON c.customer_id = i.customer_id"
-            " WHERE i.batch_id = %(batch)s"
-            " AND (c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming}))").format(
-                incoming=incoming, current=current), {"batch": batch_id})
+        conn.execute(sql.SQL("CREATE TEMP TABLE accept_changes ON COMMIT DROP AS {}")
+                     .format(select_changes(conn)), {"batch": batch_id})
     conn.execute("SET LOCAL enable_sort TO DEFAULT")
     conn.execute("DELETE FROM accept_changes a USING customers_quarantine q"
                  " WHERE q.batch_id = %s AND q.customer_id = a.customer_id", (batch_id,))
@@ -254,6 +248,26 @@ def merge_changes(conn: psycopg.Connection, batch_id: str) -> tuple[int, int]:
         " FROM accept_changes i WHERE i.is_new").format(
             features=features, incoming=incoming), {"batch": batch_id}).rowcount
     return inserted, updated
+
+
+def select_changes(conn: psycopg.Connection) -> sql.Composed:
+    """The batch's (%(batch)s) new and changed rows, with is_new: one merge join per
+    partition of customers, of the batch's rows in its key range. The partition is a plain
+    table, whose key scan a merge join can step back in; over the parent, it would first
+    copy every row of one side into a tuplestore."""
+    incoming = sql.SQL(", ").join(sql.SQL("i.{}").format(sql.Identifier(n)) for n in FEATURES)
+    current = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(n)) for n in FEATURES)
+    return sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT i.customer_id, {incoming}, c.customer_id IS NULL AS is_new"
+                " FROM (SELECT * FROM customers_incoming WHERE batch_id = %(batch)s AND {range})"
+                " i LEFT JOIN {part} c ON c.customer_id = i.customer_id"
+                " WHERE c.customer_id IS NULL OR ({current}) IS DISTINCT FROM ({incoming})"
+                ).format(incoming=incoming, current=current, part=sql.Identifier(part),
+                         range=sql.SQL(bounds))  # the catalogue's own SQL (no values bound)
+        for part, bounds in conn.execute(
+            "SELECT c.relname::text, pg_get_partition_constraintdef(c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'customers'::regclass"
+            " ORDER BY 1").fetchall())
 
 
 def quarantine_rows(conn: psycopg.Connection, batch_id: str, outcomes: list[RuleOutcome]) -> int:
