@@ -10,10 +10,14 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
+from segmentation.config import Settings
 from segmentation.db import apply_migrations, conninfo
 from tests.helpers import free_port, wait_for_http  # one copy, shared with the tests
 
-__all__ = ["free_port", "throwaway_database", "wait_for_http"]
+__all__ = ["CLI_STREAMS", "free_port", "throwaway_database", "wait_for_http"]
+
+# a first load lands as `segmentation ingest` lands it: customers in that many partitions
+CLI_STREAMS = Settings.model_fields["ingest_streams"].default
 
 ADMIN = os.environ.get("SEGMENTATION_TEST_DATABASE_URL",
                        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import throwaway_database  # noqa: E402
+from benchmarks._common import CLI_STREAMS, throwaway_database  # noqa: E402
 from benchmarks.bench_scoring import (  # noqa: E402
     FLOOR,
     checkpoint,
@@ -114,7 +114,7 @@ def build(url: str, rows: int, folder: Path) -> tuple[Path, object]:
 
     path = folder / "customers.csv"
     generate_csv(path, rows, 5)
-    validate_batch(url, ingest_csv(url, path).batch_id)
+    validate_batch(url, ingest_csv(url, path, streams=CLI_STREAMS).batch_id)
     result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(),
                          k=4, k_range=range(0))
     register_and_gate(url, registry.package_version(result.model, result.metrics,

@@ -40,7 +40,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import free_port, throwaway_database, wait_for_http  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    CLI_STREAMS,
+    free_port,
+    throwaway_database,
+    wait_for_http,
+)
 from segmentation.db import connection  # noqa: E402
 
 FLOOR = """
@@ -247,7 +252,7 @@ def main() -> None:
         os.environ["SEGMENTATION_MODELS_DIR"] = str(Path(tmp) / "models")  # here and children
         path = Path(tmp) / "customers.csv"
         generate_csv(path, args.rows, 5)
-        validate_batch(url, ingest_csv(url, path).batch_id)
+        validate_batch(url, ingest_csv(url, path, streams=CLI_STREAMS).batch_id)
         result = train_model(load_training_frame(url, 200_000, 42), registry.new_version(),
                              k=4, k_range=range(0))
         saved = registry.package_version(result.model, result.metrics, result.sizes)
