@@ -114,15 +114,34 @@ def test_feature_matrix_keeps_nulls_as_nan_in_feature_order(db: str) -> None:
     assert by_id["c"][tenure] == 12.0 and math.isnan(by_id["c"][FEATURES.index("purchases")])
 
 
-def test_a_build_reads_both_tables_by_their_keys_even_out_of_key_order(db: str) -> None:
+RANGES = {
+    1: ["CREATE TABLE customers_read_0 PARTITION OF customers"
+        " FOR VALUES FROM (MINVALUE) TO (MAXVALUE)"],
+    2: ["CREATE TABLE customers_read_0 PARTITION OF customers"
+        " FOR VALUES FROM (MINVALUE) TO ('C015000')",
+        "CREATE TABLE customers_read_1 PARTITION OF customers"
+        " FOR VALUES FROM ('C015000') TO (MAXVALUE)"],
+}
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_a_build_reads_both_tables_by_their_keys_even_out_of_key_order(db: str,
+                                                                       partitions: int) -> None:
     """A rebuild's reader merges customers with the published rows by two key scans in one
     process, even when rows are out of key order (as a night's updates leave them) and the
     planner would rather sort: it then sorted the whole published table in each parallel
-    worker, on disk (docs/performance.md has what that cost at 30 M)."""
+    worker, on disk (docs/performance.md has what that cost at 30 M). customers in two
+    ranges (a first load in two slices) is read as its partitions one after the other,
+    in key order still, and nothing is copied into a tuplestore on the way."""
     import random
 
+    from segmentation.accepting import drop_partitions
     from segmentation.rebuild import select_for_build
 
+    with connection(db) as conn:  # customers' ranges as a first load in `partitions` slices
+        drop_partitions(conn)
+        for statement in RANGES[partitions]:
+            conn.execute(statement)
     ids = [f"C{i:06d}" for i in range(30_000)]
     random.Random(5).shuffle(ids)  # stored out of key order
     insert_customers(db, ids)
@@ -150,4 +169,5 @@ def test_a_build_reads_both_tables_by_their_keys_even_out_of_key_order(db: str) 
     plan_kinds = kinds(plan[0][0]["Plan"])
     assert plan_kinds[0] == "Merge Join", plan_kinds
     assert {k for k in plan_kinds if "Scan" in k} == {"Index Scan"}, plan_kinds
-    assert not {"Sort", "Gather", "Gather Merge"} & set(plan_kinds), plan_kinds
+    assert not {"Sort", "Gather", "Gather Merge", "Materialize"} & set(plan_kinds), plan_kinds
+    assert plan_kinds.count("Append") == (partitions > 1), plan_kinds  # customers' ranges
