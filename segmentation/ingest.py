@@ -40,7 +40,7 @@ from segmentation.landing import (
     landing_table,
 )
 from segmentation.progress import Update
-from segmentation.structure import key_batch, type_landing
+from segmentation.structure import key_batch, text_landing, type_landing
 
 
 @dataclass
@@ -131,8 +131,8 @@ def ingest_csv(url: str, path: Path, *, delimiter: str = ",", encoding: str = "u
                                                 encoding, progress)
         if typed is None:
             table = create_landing_table(conn, batch_id, landing)
-            land_as_text(conn, path, table, landing, delimiter, encoding, progress)
-            rows_in = count_rows(conn, sql.Identifier("landing"))
+            land_as_text(conn, path, batch_id, table, landing, delimiter, encoding, progress)
+            rows_in = count_rows(conn, table)
         else:
             table, rows_in = typed
         key_batch(conn, table)
@@ -176,11 +176,13 @@ def ingest_table(url: str, table: str, *, batch_id: str | None = None) -> Ingest
             sql.SQL("{}::text AS {}").format(sql.Identifier(h), sql.Identifier(n))
             for h, n in zip(header, landing, strict=True) if n in COLUMNS
         )
-        conn.execute(sql.SQL("CREATE TEMP TABLE landing ON COMMIT DROP AS SELECT {} FROM {}")
-                     .format(selected, source))
+        text = text_landing(batch_id)  # as a file's text, in this transaction
+        conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {}")
+                     .format(text, selected, source))
         target = create_landing_table(conn, batch_id, [n for n in landing if n in COLUMNS])
-        rows_in = count_rows(conn, sql.Identifier("landing"))
+        rows_in = count_rows(conn, text)
         if rows_in:
-            type_landing(conn, target)
+            type_landing(conn, target, text)
             key_batch(conn, target)
+        conn.execute(sql.SQL("DROP TABLE {}").format(text))
         return attach_landing(conn, batch_id, f"table:{table}", rows_in, warnings, [])

@@ -26,7 +26,13 @@ from segmentation.db import connect, require_schema, unattached_tables
 from segmentation.errors import IngestError
 from segmentation.features import FEATURES
 from segmentation.progress import Update
-from segmentation.structure import check_ids, create_text_landing, explain_duplicates, type_landing
+from segmentation.structure import (
+    check_ids,
+    create_text_landing,
+    explain_duplicates,
+    text_landing,
+    type_landing,
+)
 
 # A file this big streams on several connections at once (PostgreSQL parses each COPY on
 # one core); smaller ones are not worth the extra connections.
@@ -213,14 +219,16 @@ def describe_copy_error(exc: psycopg.Error) -> str:
     return f"{where}: {message}" if where else message
 
 
-def land_as_text(conn: psycopg.Connection, path: Path, table: sql.Composable,
+def land_as_text(conn: psycopg.Connection, path: Path, batch_id: str, table: sql.Composable,
                  landing: list[str], delimiter: str, encoding: str,
                  progress: Update | None = None) -> None:
     """A file that did not type as it streamed: land it as text, check it column by column
     (each problem named with an example), then type it into the batch's table."""
-    create_text_landing(conn, landing)
-    copy_file(conn, path, sql.Identifier("landing"), landing, delimiter, encoding, progress)
-    type_landing(conn, table)
+    text = text_landing(batch_id)
+    create_text_landing(conn, text, landing)
+    copy_file(conn, path, text, landing, delimiter, encoding, progress)
+    type_landing(conn, table, text)
+    conn.execute(sql.SQL("DROP TABLE {}").format(text))
 
 
 def copy_typed(conn: psycopg.Connection, path: Path, batch_id: str, landing: list[str],

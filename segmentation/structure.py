@@ -1,14 +1,16 @@
 """The structure of a landed batch, checked with messages that name the column and show an
 example: ids present, short enough and unique; every feature a number that fits double
-precision. A file that did not type as it streamed is landed as text (`landing`, a
-temporary table) and checked here column by column before it is typed; a typed batch has
-its ids checked and keyed here too."""
+precision. A file that did not type as it streamed is landed as text (an unlogged table of
+the batch's transaction, never committed: parallel workers can scan it, where a temporary
+table is its session's alone) and checked here column by column before it is typed; a
+typed batch has its ids checked and keyed here too."""
 
 from __future__ import annotations
 
 import psycopg
 from psycopg import sql
 
+from segmentation.accepting import landing_name
 from segmentation.errors import IngestError
 from segmentation.features import FEATURES
 
@@ -20,17 +22,25 @@ FLOAT8_MAX = "1.7976931348623157e308"
 FLOAT8_MIN = "2.2250738585072014e-308"
 
 
-def create_text_landing(conn: psycopg.Connection, landing: list[str]) -> None:
-    """A temporary all-text table with the incoming columns, dropped at commit."""
+def text_landing(batch_id: str) -> sql.Identifier:
+    """The batch's all-text table: its name alone, no other batch's."""
+    return sql.Identifier(landing_name(batch_id) + "_text")
+
+
+def create_text_landing(conn: psycopg.Connection, text: sql.Composable,
+                        landing: list[str]) -> None:
+    """An all-text table with the incoming columns, in the caller's transaction (which
+    drops it, or rolls it back with everything else)."""
     columns = sql.SQL(", ").join(
         sql.SQL("{} text").format(sql.Identifier(name)) for name in landing
     )
-    conn.execute(sql.SQL("CREATE TEMP TABLE landing ({}) ON COMMIT DROP").format(columns))
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(text, columns))
 
 
-def type_landing(conn: psycopg.Connection, table: sql.Composable) -> None:
+def type_landing(conn: psycopg.Connection, table: sql.Composable,
+                 text: sql.Composable) -> None:
     """The text landing's rows, checked, into the batch's typed table."""
-    check_ids(conn)
+    check_ids(conn, text)
     casts = sql.SQL(", ").join(
         sql.SQL("NULLIF(btrim({c}), '')::double precision").format(c=sql.Identifier(n))
         for n in FEATURES
@@ -39,13 +49,13 @@ def type_landing(conn: psycopg.Connection, table: sql.Composable) -> None:
     try:  # the cast either works or fails; the slow diagnosis runs only when it fails
         with conn.transaction():
             conn.execute(sql.SQL("INSERT INTO {table} (customer_id, {features})"
-                                 " SELECT customer_id, {casts} FROM landing").format(
-                table=table, features=features, casts=casts))
+                                 " SELECT customer_id, {casts} FROM {text}").format(
+                table=table, features=features, casts=casts, text=text))
     except psycopg.errors.InvalidTextRepresentation:
-        check_numbers(conn)
+        check_numbers(conn, text)
         raise
     except psycopg.errors.NumericValueOutOfRange:
-        check_ranges(conn)
+        check_ranges(conn, text)
 
 
 def key_batch(conn: psycopg.Connection, table: sql.Composable) -> None:
@@ -59,7 +69,7 @@ def key_batch(conn: psycopg.Connection, table: sql.Composable) -> None:
         raise
 
 
-def check_ids(conn: psycopg.Connection, table: sql.Composable = sql.SQL("landing")) -> None:
+def check_ids(conn: psycopg.Connection, table: sql.Composable) -> None:
     """customer_id present and short enough to be a key, or the batch is refused. (One scan
     after the COPY, on parallel workers: as CHECK constraints the same rules slowed the COPY
     itself, which runs on one core, by more than the scan takes.)"""
@@ -92,7 +102,7 @@ def explain_duplicates(conn: psycopg.Connection, table: sql.Composable) -> None:
         )
 
 
-def check_numbers(conn: psycopg.Connection) -> None:
+def check_numbers(conn: psycopg.Connection, text: sql.Composable) -> None:
     """Every feature value parses as a number (or is empty), naming each offending column."""
     checks = sql.SQL(", ").join(
         sql.SQL("count(*) FILTER (WHERE NULLIF(btrim({c}), '') !~* {re}), "
@@ -101,7 +111,7 @@ def check_numbers(conn: psycopg.Connection) -> None:
         )
         for name in FEATURES
     )
-    row = conn.execute(sql.SQL("SELECT {} FROM landing").format(checks)).fetchone()
+    row = conn.execute(sql.SQL("SELECT {} FROM {}").format(checks, text)).fetchone()
     assert row is not None
     problems = [
         f"{name}: {row[2 * i]} value(s) are not numbers, e.g. {row[2 * i + 1]!r}"
@@ -112,7 +122,7 @@ def check_numbers(conn: psycopg.Connection) -> None:
         raise IngestError("non-numeric values in numeric column(s): " + "; ".join(problems))
 
 
-def check_ranges(conn: psycopg.Connection) -> None:
+def check_ranges(conn: psycopg.Connection, text: sql.Composable) -> None:
     """Every number fits PostgreSQL's double precision, naming each offending column."""
     def outside(name: str) -> sql.Composable:
         v = sql.SQL("NULLIF(btrim({}), '')::numeric").format(sql.Identifier(name))
@@ -122,7 +132,7 @@ def check_ranges(conn: psycopg.Connection) -> None:
     checks = sql.SQL(", ").join(
         sql.SQL("count(*) FILTER (WHERE {o}), min(btrim({c})) FILTER (WHERE {o})").format(
             o=outside(name), c=sql.Identifier(name)) for name in FEATURES)
-    row = conn.execute(sql.SQL("SELECT {} FROM landing").format(checks)).fetchone()
+    row = conn.execute(sql.SQL("SELECT {} FROM {}").format(checks, text)).fetchone()
     assert row is not None
     problems = [f"{name}: {row[2 * i]} value(s) too large or too small for a number, e.g. "
                 f"{row[2 * i + 1]!r}" for i, name in enumerate(FEATURES) if row[2 * i]]

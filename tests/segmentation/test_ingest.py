@@ -475,3 +475,31 @@ def test_a_slice_left_empty_by_the_quarantine_is_dropped_not_attached(db: str, t
     assert query(db, "SELECT count(*), min(customer_id), max(customer_id) FROM customers") == \
         [(300 - last, "C0000", f"C{299 - last:04d}")]
     assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%'") == [(0,)]
+
+
+def test_a_file_that_does_not_type_is_diagnosed_on_parallel_workers(db: str) -> None:
+    """The text a file is landed as, to name what does not type, is an unlogged table of
+    the ingest's transaction (a temporary table is its session's alone, scanned on one
+    core): the per-column scan can run on parallel workers, and a rollback leaves nothing."""
+    import psycopg
+    from psycopg import sql
+
+    from segmentation.db import conninfo
+    from segmentation.features import FEATURES
+    from segmentation.structure import NUMBER_RE, create_text_landing, text_landing
+
+    text = text_landing("b-text")
+    with psycopg.connect(conninfo(db)) as conn:
+        create_text_landing(conn, text, ["customer_id", *FEATURES])
+        conn.execute(sql.SQL("INSERT INTO {} (customer_id, purchases) SELECT 'C' || i,"
+                             " i::text FROM generate_series(1, 2000) i").format(text))
+        for setting in ("SET LOCAL parallel_setup_cost = 0", "SET LOCAL parallel_tuple_cost = 0",
+                        "SET LOCAL min_parallel_table_scan_size = 0"):
+            conn.execute(setting)
+        plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
+            "EXPLAIN SELECT count(*) FILTER (WHERE purchases !~* {}) FROM {}").format(
+                sql.Literal(NUMBER_RE), text)))
+        assert "Gather" in plan, plan
+        conn.rollback()
+    assert query(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'landing%%text'") == \
+        [(0,)]
