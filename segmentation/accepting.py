@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.types.json import Json
 
 from segmentation.contract import describe
-from segmentation.db import merge_joins
+from segmentation.db import merge_joins, partitions
 from segmentation.features import FEATURES
 
 if TYPE_CHECKING:
@@ -87,9 +87,7 @@ def attach_first_load(conn: psycopg.Connection, batch_id: str) -> int | None:
     left to attach, or a scoring run that may have read customers after the rows were
     stamped."""
     table = landing_name(batch_id)
-    slices = [name for (name,) in conn.execute(
-        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s::regclass"
-        " ORDER BY 1", (table,))] or [table]
+    slices = partitions(conn, table) or [table]
     marked = conn.execute("SELECT count(*) FROM pg_constraint WHERE conname = 'one_batch'"
                           " AND conrelid = ANY (%s::regclass[])", (slices,)).fetchone()
     if not marked or marked[0] != len(slices):  # landed before sql/018: copied
@@ -116,8 +114,12 @@ def attach_first_load(conn: psycopg.Connection, batch_id: str) -> int | None:
     for name in set(slices) - {name for name, _, _, _ in ranges}:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))  # left empty
     for part, (name, low, high, _) in enumerate(ranges):
-        attach_range(conn, name, f"customers_{table.removeprefix('landing_')}_{part}",
-                     None if part == 0 else low, high)
+        partition = f"customers_{table.removeprefix('landing_')}_{part}"
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT one_batch, DROP COLUMN slice,"
+                             " ALTER COLUMN batch_id DROP DEFAULT").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(name), sql.Identifier(partition)))
+        attach_range(conn, partition, None if part == 0 else low, high)
     return int(counted[0]) if counted else 0
 
 
@@ -155,16 +157,11 @@ def stamped_before_every_run(conn: psycopg.Connection, slices: list[str]) -> boo
     return bool(row and row[0])
 
 
-def attach_range(conn: psycopg.Connection, table: str, name: str, low: str | None,
+def attach_range(conn: psycopg.Connection, name: str, low: str | None,
                  high: str | None) -> None:
-    """A batch's table as customers' partition for ids in [low, high) (None: unbounded),
-    renamed; its batch's marks dropped (metadata only). A CHECK of the same bounds, proven
-    by one scan of the table, spares ATTACH its own scan under the lock of customers."""
-    if table != name:  # a batch's table: its marks go (metadata only)
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT one_batch, DROP COLUMN slice,"
-                             " ALTER COLUMN batch_id DROP DEFAULT").format(sql.Identifier(table)))
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-            sql.Identifier(table), sql.Identifier(name)))
+    """A table of customers' columns as its partition for ids in [low, high) (None:
+    unbounded). A CHECK of the same bounds, proven by one scan of the table, spares ATTACH
+    its own scan under the lock of customers."""
     bounds = [sql.SQL("customer_id >= {}").format(sql.Literal(low)) if low is not None else None,
               sql.SQL("customer_id < {}").format(sql.Literal(high)) if high is not None else None]
     check = [b for b in bounds if b is not None]
@@ -205,15 +202,14 @@ def insert_all(conn: psycopg.Connection, batch_id: str) -> int:
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the key's sort in memory
     conn.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
     drop_partitions(conn)
-    attach_range(conn, name, name, None, None)
+    attach_range(conn, name, None, None)
     conn.execute("RESET maintenance_work_mem")
     return int(inserted)
 
 
 def drop_partitions(conn: psycopg.Connection) -> None:
     """customers' partitions, gone: it is empty, and a first load brings its own."""
-    for (old,) in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits"
-                               " WHERE inhparent = 'customers'::regclass").fetchall():
+    for old in partitions(conn, "customers"):
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))
 
 

@@ -259,6 +259,13 @@ def merge_joins(conn: psycopg.Connection) -> Iterator[None]:
     conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
 
 
+def partitions(conn: psycopg.Connection, parent: str) -> list[str]:
+    """The partitions attached to a table of this schema, by name."""
+    return [name for (name,) in conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s::regclass"
+        " ORDER BY 1", (parent,)).fetchall()]
+
+
 def unattached_tables(conn: psycopg.Connection, prefix: str) -> list[str]:
     """Tables (plain or partitioned) of this schema named prefix..., attached to nothing:
     a run's builds, an ingest's slices, left by whoever created them."""
